@@ -1,0 +1,246 @@
+"""Capture and intervention on any address, as context managers that always clean up.
+
+Every capture point maps onto one *site*: a module and whether the value is its input
+(forward pre-hook) or its output (forward hook). Captures and interventions at the same site
+share one torch hook; interventions run first, so a capture sees the edited value. Head
+operations act on the output projection's input (``z``), where heads are separable, so they
+are exact for MHA and GQA alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from engine.addresses import Target, resolve, resolve_point
+from engine.anatomy import Anatomy
+from engine.errors import AddressError, InterventionError
+from engine.interventions import Intervention, edits_for
+from engine.tensors import first_tensor, replace_first, split_heads
+
+Edit = Callable[[Tensor], Tensor | None]
+
+
+@dataclass(frozen=True)
+class Site:
+    module_path: str
+    phase: str  # "pre": the module's first input; "post": its output
+    output_index: int = 0  # which output item, for modules returning tuples
+
+
+def _join(*parts: str | None) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def site_for(anatomy: Anatomy, target: Target) -> Site:
+    """Where a capture point's value flows: the module and hook phase."""
+    part, point = target.part, target.point
+    table = anatomy.family
+    layer = target.layer
+    if table is None or layer is None or part.kind in ("norm", "proj"):
+        if part.module_path is None:
+            raise AddressError(f"'{target.address}' has no module to hook")
+        return Site(part.module_path, "pre" if point == "in" else "post")
+    block = anatomy.module_path_of(layer, "").rstrip(".")
+    attn, mlp = table.attention, table.mlp
+    if part.kind == "layer":
+        return Site(block, "pre" if point == "in" else "post")
+    if part.kind in ("attn", "head"):
+        if point == "in":
+            return Site(_join(block, attn.module), "pre")
+        if point == "out":
+            return Site(_join(block, attn.out_module or attn.module), "post")
+        if point == "z":
+            return Site(_join(block, attn.o), "pre")
+        if point == "pattern":
+            return Site(_join(block, attn.pattern_module or attn.module), "post", 1)
+    if part.kind == "mlp":
+        if point == "in":
+            return Site(_join(block, mlp.module or mlp.up or mlp.gate_up), "pre")
+        if point == "out":
+            return Site(_join(block, mlp.out_module or mlp.module), "post")
+        if point == "hidden":
+            return Site(_join(block, mlp.down), "pre")
+    raise AddressError(f"'{target.address}' is not a capture point of this model")
+
+
+def head_view(target: Target, anatomy: Anatomy, edit: Edit) -> Edit:
+    """Lift an edit of one head's slice to an edit of the whole site value."""
+    head = target.head
+    if head is None:
+        return edit
+    n_heads = anatomy.geometry.n_heads
+
+    def on_full(value: Tensor) -> Tensor:
+        if target.point == "pattern":
+            updated = edit(value[:, head])
+            if updated is None:
+                return value
+            value = value.clone()
+            value[:, head] = updated
+            return value
+        heads = split_heads(value, n_heads)
+        updated = edit(heads[..., head, :])
+        if updated is None:
+            return value
+        heads = heads.clone()
+        heads[..., head, :] = updated
+        return heads.flatten(-2)
+
+    return on_full
+
+
+@dataclass
+class _SiteHooks:
+    site: Site
+    edits: list[Edit] = field(default_factory=list)
+    observers: list[Callable[[Tensor], None]] = field(default_factory=list)
+
+    def apply(self, value: Tensor) -> Tensor:
+        for edit in self.edits:
+            updated = edit(value)
+            if updated is not None:
+                value = updated
+        for observe in self.observers:
+            observe(value)
+        return value
+
+
+class Tap:
+    """What a hooked forward pass captured, by canonical address."""
+
+    def __init__(self) -> None:
+        self.captured: dict[str, Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def __getitem__(self, address: str) -> Tensor:
+        return self.captured[address]
+
+    def __contains__(self, address: str) -> bool:
+        return address in self.captured
+
+    def keys(self):
+        return self.captured.keys()
+
+    def _record(self, address: str, value: Tensor) -> None:
+        self.captured[address] = value.detach()
+        self.calls[address] = self.calls.get(address, 0) + 1
+
+
+def _pre_hook(bundle: _SiteHooks):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        if args:
+            updated = bundle.apply(args[0])
+            return (updated, *args[1:]), kwargs
+        updated = bundle.apply(kwargs["hidden_states"])
+        return args, {**kwargs, "hidden_states": updated}
+
+    hook._garage_hook = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _post_hook(bundle: _SiteHooks):
+    index = bundle.site.output_index
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if index == 0:
+            return replace_first(output, bundle.apply(first_tensor(output)))
+        if output[index] is None:
+            raise InterventionError(
+                "attention weights were not returned; the pattern needs eager attention"
+            )
+        items = list(output)
+        items[index] = bundle.apply(items[index])
+        return type(output)(items)
+
+    hook._garage_hook = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _needs_eager(targets: Sequence[Target]) -> bool:
+    return any(target.point == "pattern" for target in targets)
+
+
+@contextlib.contextmanager
+def hooked(
+    model: nn.Module,
+    anatomy: Anatomy,
+    capture: Sequence[str] = (),
+    interventions: Sequence[Intervention] = (),
+) -> Iterator[Tap]:
+    """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
+
+    Every hook, swapped module and attention-implementation change is undone on exit, also
+    when the block raises.
+    """
+    tap = Tap()
+    bundles: dict[Site, _SiteHooks] = {}
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    handles = []
+    previous_impl = None
+
+    def bundle_for(site: Site) -> _SiteHooks:
+        return bundles.setdefault(site, _SiteHooks(site))
+
+    capture_targets = [resolve_point(anatomy, address) for address in capture]
+    try:
+        for intervention in interventions:
+            for plan in edits_for(anatomy, intervention):
+                if plan.swap is not None:
+                    parent_path, _, attr = plan.swap[0].rpartition(".")
+                    parent = model.get_submodule(parent_path)
+                    swaps.append((parent, attr, getattr(parent, attr)))
+                    setattr(parent, attr, plan.swap[1])
+                    continue
+                bundle_for(plan.site).edits.append(plan.edit)
+        for target in capture_targets:
+            address = target.address
+            observer = head_view(target, anatomy, lambda value, a=address: tap._record(a, value))
+            bundle_for(site_for(anatomy, target)).observers.append(observer)
+        if _needs_eager(capture_targets):
+            previous_impl = model.config._attn_implementation
+            if previous_impl != "eager":
+                model.set_attn_implementation("eager")
+        for site, bundle in bundles.items():
+            module = model.get_submodule(site.module_path)
+            if site.phase == "pre":
+                handles.append(module.register_forward_pre_hook(_pre_hook(bundle), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(_post_hook(bundle)))
+        yield tap
+    finally:
+        for handle in handles:
+            handle.remove()
+        for parent, attr, original in reversed(swaps):
+            setattr(parent, attr, original)
+        if previous_impl is not None and previous_impl != "eager":
+            model.set_attn_implementation(previous_impl)
+
+
+def hook_inventory(model: nn.Module) -> set[tuple[str, str, int]]:
+    """Every forward hook on every submodule, ours or transformers' own (which it installs
+    for ``output_hidden_states`` and keeps); equal before and after a ``hooked`` block."""
+    return {
+        (name, phase, hook_id)
+        for name, module in model.named_modules()
+        for phase, hooks in (("pre", module._forward_pre_hooks), ("post", module._forward_hooks))
+        for hook_id in hooks
+    }
+
+
+def count_garage_hooks(model: nn.Module) -> int:
+    """Hooks this module installed that are still attached; zero after every ``hooked`` block."""
+    return sum(
+        getattr(hook, "_garage_hook", False)
+        for module in model.modules()
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+        for hook in hooks.values()
+    )
+
+
+def resolve_all(anatomy: Anatomy, addresses: Sequence[str]) -> list[Target]:
+    return [resolve(anatomy, address) for address in addresses]

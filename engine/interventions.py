@@ -1,0 +1,209 @@
+"""Interventions as values: what to change, where, and by how much.
+
+An ``Intervention`` is plain data (it serialises into sessions, minus tensors); ``edits_for``
+turns it into hook edits at the right sites. Layer-level edits act on the layer's *delta*
+(output minus input), so zero-ablating a layer skips it and scaling a layer scales what it
+adds to the residual stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.addresses import Target, resolve, resolve_point
+from engine.anatomy import Anatomy
+from engine.errors import InterventionError
+from engine.tensors import position_mean
+
+ABLATE_MODES = ("zero", "mean")
+EDITABLE_KINDS = ("head", "attn", "mlp", "layer", "norm", "final_norm", "embed", "lm_head", "proj", "module")
+
+
+@dataclass
+class Intervention:
+    kind: str  # ablate | scale | steer | patch | replace
+    address: str
+    mode: str = "zero"
+    factor: float = 1.0
+    vector: Tensor | None = None
+    strength: float = 1.0
+    value: Tensor | None = None
+    positions: list[int] | None = None
+    module: nn.Module | None = None
+
+    def describe(self) -> str:
+        if self.kind == "ablate":
+            return f"{self.mode}-ablate {self.address}"
+        if self.kind == "scale":
+            return f"scale {self.address} ×{self.factor:g}"
+        if self.kind == "steer":
+            return f"steer {self.address} (strength {self.strength:g})"
+        if self.kind == "patch":
+            return f"patch {self.address}"
+        return f"replace {self.address}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description; tensors and modules are named, not embedded."""
+        doc: dict[str, Any] = {"kind": self.kind, "address": self.address}
+        if self.kind == "ablate":
+            doc["mode"] = self.mode
+        if self.kind == "scale":
+            doc["factor"] = self.factor
+        if self.kind == "steer":
+            doc["strength"] = self.strength
+        if self.positions is not None:
+            doc["positions"] = list(self.positions)
+        return doc
+
+
+def ablate(address: str, mode: str = "zero") -> Intervention:
+    """Zero- or mean-ablate a head, attention block, MLP or layer (mean over batch and positions)."""
+    if mode not in ABLATE_MODES:
+        raise InterventionError(f"unknown ablation mode '{mode}'; use one of: {', '.join(ABLATE_MODES)}")
+    return Intervention("ablate", address, mode=mode)
+
+
+def scale(address: str, factor: float) -> Intervention:
+    return Intervention("scale", address, factor=float(factor))
+
+
+def steer(address: str, vector: Tensor, strength: float = 1.0, positions: Sequence[int] | None = None) -> Intervention:
+    """Add ``strength * vector`` to a residual point (a layer means its output)."""
+    return Intervention("steer", address, vector=vector, strength=float(strength),
+                        positions=list(positions) if positions is not None else None)
+
+
+def patch(address: str, value: Tensor, positions: Sequence[int] | None = None) -> Intervention:
+    """Replace the activation at a capture point with ``value`` (e.g. from another prompt)."""
+    return Intervention("patch", address, value=value, positions=list(positions) if positions is not None else None)
+
+
+def replace(address: str, module: nn.Module) -> Intervention:
+    return Intervention("replace", address, module=module)
+
+
+@dataclass
+class EditPlan:
+    site: Any = None
+    edit: Callable[[Tensor], Tensor | None] | None = None
+    swap: tuple[str, nn.Module] | None = None
+
+
+@dataclass
+class _LayerInput:
+    value: Tensor | None = field(default=None)
+
+
+def _check_kind(target: Target, kinds: Sequence[str], verb: str) -> None:
+    if target.part.kind not in kinds or target.point not in (None, "out"):
+        raise InterventionError(
+            f"cannot {verb} '{target.address}': {verb} works on a part ({', '.join(kinds)}), "
+            "not a capture point"
+        )
+
+
+def _output_transform(intervention: Intervention) -> Callable[[Tensor], Tensor]:
+    if intervention.kind == "scale":
+        return lambda value: value * intervention.factor
+    if intervention.mode == "mean":
+        return lambda value: position_mean(value).expand_as(value).to(value.dtype)
+    return torch.zeros_like
+
+
+def edits_for(anatomy: Anatomy, intervention: Intervention) -> list[EditPlan]:
+    """The hook edits that carry out ``intervention`` on a model with this anatomy."""
+    from engine.hooks import head_view, site_for  # hooks imports this module
+
+    kind = intervention.kind
+    if kind in ("ablate", "scale"):
+        target = resolve(anatomy, intervention.address)
+        _check_kind(target, EDITABLE_KINDS, kind)
+        transform = _output_transform(intervention)
+        part = target.part
+        if part.kind == "head":
+            z = Target(part, "z")
+            return [EditPlan(site_for(anatomy, z), head_view(z, anatomy, transform))]
+        if part.kind == "layer":
+            return _layer_delta_edits(anatomy, target, transform)
+        return [EditPlan(site_for(anatomy, Target(part, "out")), transform)]
+    if kind == "steer":
+        target = resolve_point(anatomy, intervention.address)
+        if target.part.kind != "layer" and target.part.kind not in ("embed", "final_norm"):
+            raise InterventionError(
+                f"cannot steer '{target.address}': steer a residual point such as L10 or L10.in"
+            )
+        return [EditPlan(site_for(anatomy, target), _steer_edit(intervention, anatomy))]
+    if kind == "patch":
+        target = resolve_point(anatomy, intervention.address)
+        if intervention.value is None:
+            raise InterventionError(f"patch of '{target.address}' needs a value tensor")
+        return [EditPlan(site_for(anatomy, target), head_view(target, anatomy, _patch_edit(intervention, target)))]
+    if kind == "replace":
+        target = resolve(anatomy, intervention.address)
+        if target.part.kind == "head" or not target.part.module_path or intervention.module is None:
+            raise InterventionError(f"cannot replace '{target.address}': name a part with a module and give one")
+        return [EditPlan(swap=(target.part.module_path, intervention.module))]
+    raise InterventionError(f"unknown intervention '{kind}'; use ablate, scale, steer, patch or replace")
+
+
+def _layer_delta_edits(anatomy: Anatomy, target: Target, transform: Callable[[Tensor], Tensor]) -> list[EditPlan]:
+    from engine.hooks import site_for
+
+    held = _LayerInput()
+
+    def remember(value: Tensor) -> None:
+        held.value = value
+
+    def on_output(value: Tensor) -> Tensor:
+        residual_in = held.value
+        return residual_in + transform(value - residual_in)
+
+    return [
+        EditPlan(site_for(anatomy, Target(target.part, "in")), remember),
+        EditPlan(site_for(anatomy, Target(target.part, "out")), on_output),
+    ]
+
+
+def _steer_edit(intervention: Intervention, anatomy: Anatomy) -> Callable[[Tensor], Tensor]:
+    vector = intervention.vector
+    if vector is None:
+        raise InterventionError(f"steer at '{intervention.address}' needs a vector")
+    hidden = anatomy.root.info.get("hidden_size")
+    if hidden is not None and vector.shape[-1] != hidden:
+        raise InterventionError(
+            f"steering vector has size {vector.shape[-1]} but the residual stream has {hidden}"
+        )
+
+    def edit(value: Tensor) -> Tensor:
+        shift = (intervention.strength * vector).to(device=value.device, dtype=value.dtype)
+        if intervention.positions is None:
+            return value + shift
+        value = value.clone()
+        value[:, intervention.positions] += shift
+        return value
+
+    return edit
+
+
+def _patch_edit(intervention: Intervention, target: Target) -> Callable[[Tensor], Tensor]:
+    source = intervention.value
+
+    def edit(value: Tensor) -> Tensor:
+        patched_in = source.to(device=value.device, dtype=value.dtype)
+        if intervention.positions is None:
+            if patched_in.shape != value.shape:
+                raise InterventionError(
+                    f"patch for '{target.address}' has shape {list(patched_in.shape)} but the run has "
+                    f"{list(value.shape)}; prompts must have the same token length"
+                )
+            return patched_in
+        value = value.clone()
+        value[:, intervention.positions] = patched_in[:, intervention.positions]
+        return value
+
+    return edit

@@ -1,0 +1,323 @@
+"""Open a model from a bundled name, local folder, .safetensors, .gguf or hub id.
+
+Progress goes to an optional ``progress(stage, fraction)`` callback and cancellation comes
+through an optional ``threading.Event``; the engine never draws anything itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.anatomy import Anatomy, build_anatomy
+from engine.bundled import BUNDLED, bundled_path
+from engine.checks import check_gguf, check_safetensors
+from engine.errors import (
+    DeviceError,
+    GarageError,
+    HubUnreachableError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
+from engine.gguf_cache import converted_folder
+from engine.tensors import dtype_from_name
+
+Progress = Callable[[str, float | None], None]
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class Cancelled(GarageError):
+    """The caller set the cancel event; nothing was kept."""
+
+
+@dataclass
+class LoadedModel:
+    """An open model with everything the garage needs to talk about it."""
+
+    name: str
+    source: str
+    source_kind: str  # bundled-gguf | bundled-folder | folder | safetensors | gguf | hub | config
+    model: nn.Module
+    config: Any
+    tokenizer: Any
+    anatomy: Anatomy
+    device: str
+    dtype: str
+    structure_only: bool
+    weights_path: Path | None = None  # the safetensors folder or file holding the weights
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.anatomy.family is not None and self.anatomy.family.lm_head is not None and hasattr(self.model, "lm_head")
+
+
+def config_hash(config: Any) -> str:
+    """A digest of the architecture-relevant config, stable across loads and file formats."""
+    doc = config.to_dict()
+    for key in ("transformers_version", "_name_or_path", "quantization_config", "dtype", "torch_dtype",
+                "architectures", "_attn_implementation_autoset", "_commit_hash"):
+        doc.pop(key, None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _notify(progress: Progress | None, stage: str, fraction: float | None = None) -> None:
+    if progress is not None:
+        progress(stage, fraction)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("loading was cancelled; nothing was kept")
+
+
+def check_device(device: str, dtype: str) -> None:
+    """Refuse a device or dtype this machine cannot provide, before any weight is read."""
+    base = device.split(":", 1)[0]
+    if base not in DEVICES:
+        raise DeviceError(f"unknown device '{device}'; use one of: {', '.join(DEVICES)}")
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype '{dtype}'; use one of: {', '.join(DTYPES)}")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device '{device}' asked for, but no CUDA GPU is visible to torch; use --device cpu"
+        )
+
+
+def _placement(device: str) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained`` that place the weights."""
+    if device == "auto":
+        # accelerate spreads layers over every GPU (then CPU) for models larger than one device.
+        return {"device_map": "auto"}
+    return {"device_map": {"": device}}
+
+
+def _quiet_transformers() -> None:
+    """transformers' own tqdm bars and warnings would scribble over the CLI and the TUI."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _model_class(config: Any):
+    import transformers
+
+    from engine.families import family_for
+
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return transformers.AutoModelForCausalLM
+    table = family_for(getattr(config, "model_type", None))
+    if table is not None and table.lm_head is not None:
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModel
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/", 1)[0]
+    try:
+        socket.getaddrinfo(host, 443)
+        with socket.create_connection((host, 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class _Source:
+    name: str
+    kind: str
+    folder: Path | None = None  # HF folder with config.json
+    file: Path | None = None  # .safetensors or .gguf file
+    hub_id: str | None = None
+
+
+def locate(spec: str) -> _Source:
+    """Decide what a model argument names, checking files before transformers reads them."""
+    if spec in BUNDLED:
+        path = bundled_path(spec)
+        kind = "bundled-gguf" if path.suffix == ".gguf" else "bundled-folder"
+        return _Source(spec, kind, folder=path.parent if path.is_file() else path, file=path if path.is_file() else None)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"folder {path} has no config.json; pass a Hugging Face model folder")
+            weights = sorted(path.glob("*.safetensors"))
+            for weight_file in weights:
+                check_safetensors(weight_file)
+            return _Source(path.name, "folder", folder=path)
+        if path.suffix == ".gguf":
+            check_gguf(path)
+            return _Source(path.stem, "gguf", folder=path.parent, file=path)
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+            if not (path.parent / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{path} has no config.json beside it; put the model's config.json in {path.parent}"
+                )
+            return _Source(path.stem, "safetensors", folder=path.parent, file=path)
+        if path.name == "config.json":
+            return _Source(path.parent.name, "config", folder=path.parent, file=path)
+        raise ModelLoadError(f"{path} is not a model: pass a folder, a .safetensors, .gguf or config.json file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        return _Source(spec, "hub", hub_id=spec)
+    names = ", ".join(BUNDLED)
+    raise ModelNotFoundError(
+        f"no such model '{spec}': not a bundled name ({names}), an existing path, or a hub id like org/name"
+    )
+
+
+def _load_config(source: _Source) -> Any:
+    import transformers
+
+    try:
+        if source.kind == "config":
+            doc = json.loads(source.file.read_text())
+            model_type = doc.pop("model_type", None)
+            if not model_type:
+                raise ModelLoadError(f"{source.file} has no model_type; it is not a transformers config")
+            return transformers.AutoConfig.for_model(model_type, **doc)
+        if source.kind in ("gguf", "bundled-gguf"):
+            return transformers.AutoConfig.from_pretrained(source.folder, gguf_file=source.file.name)
+        if source.kind == "hub":
+            return transformers.AutoConfig.from_pretrained(source.hub_id)
+        return transformers.AutoConfig.from_pretrained(source.folder)
+    except GarageError:
+        raise
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        where = source.file or source.folder or source.hub_id
+        raise ModelLoadError(f"cannot read the model config at {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def open_model(
+    spec: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    structure_only: bool = False,
+    attn_implementation: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> LoadedModel:
+    """Open ``spec`` with weights (or only its structure, on the meta device)."""
+    check_device(device, dtype)
+    _quiet_transformers()
+    source = locate(spec)
+    if source.kind == "hub" and not _hub_reachable():
+        raise HubUnreachableError(
+            f"cannot reach the model hub to fetch '{spec}' (offline); pass a local folder, "
+            ".safetensors or .gguf path, or a bundled name (smollm2-135m, minilm-l6)"
+        )
+    _notify(progress, "reading config", 0.0)
+    config = _load_config(source)
+    _check_cancel(cancel)
+    if structure_only or source.kind == "config":
+        return _open_structure(source, config, dtype)
+    if source.kind in ("gguf", "bundled-gguf"):
+        folder = converted_folder(source.file, progress=progress, cancel=cancel)
+        weights_source = _Source(source.name, source.kind, folder=folder)
+    else:
+        weights_source = source
+    _check_cancel(cancel)
+    _notify(progress, "loading weights", 0.3)
+    model = _load_weights(weights_source, config, device, dtype, attn_implementation)
+    _check_cancel(cancel)
+    _notify(progress, "loading tokenizer", 0.8)
+    tokenizer = _load_tokenizer(weights_source)
+    model.eval()
+    anatomy = build_anatomy(model, model.config)
+    _notify(progress, "ready", 1.0)
+    weights_path = weights_source.file if weights_source.kind == "safetensors" else weights_source.folder
+    return LoadedModel(
+        name=source.name, source=str(source.hub_id or source.file or source.folder), source_kind=source.kind,
+        model=model, config=model.config, tokenizer=tokenizer, anatomy=anatomy, device=device, dtype=dtype,
+        structure_only=False, weights_path=weights_path,
+    )
+
+
+def _open_structure(source: _Source, config: Any, dtype: str) -> LoadedModel:
+    model_class = _model_class(config)
+    with torch.device("meta"):
+        model = model_class.from_config(config, dtype=dtype_from_name(dtype))
+    anatomy = build_anatomy(model, config)
+    return LoadedModel(
+        name=source.name, source=str(source.hub_id or source.file or source.folder), source_kind=source.kind,
+        model=model, config=config, tokenizer=None, anatomy=anatomy, device="meta", dtype=dtype,
+        structure_only=True,
+    )
+
+
+def _load_weights(source: _Source, config: Any, device: str, dtype: str, attn_implementation: str | None) -> nn.Module:
+    model_class = _model_class(config)
+    kwargs: dict[str, Any] = {"dtype": dtype_from_name(dtype), **_placement(device)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        if source.kind == "safetensors":
+            return _load_single_file(model_class, source.file, config, kwargs)
+        where = source.hub_id or str(source.folder)
+        return model_class.from_pretrained(where, trust_remote_code=False, **kwargs)
+    except GarageError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load weights of '{source.name}': {str(exc).splitlines()[0]}") from exc
+
+
+def _load_single_file(model_class, path: Path, config: Any, kwargs: dict[str, Any]) -> nn.Module:
+    from safetensors.torch import load_file
+
+    if path.name == "model.safetensors":
+        return model_class.from_pretrained(path.parent, trust_remote_code=False, **kwargs)
+    model = model_class.from_config(config, dtype=kwargs["dtype"])
+    state = load_file(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [key for key in missing if key not in tied and not key.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{path} does not match its config.json: {len(missing)} missing and {len(unexpected)} unexpected "
+            f"tensors (first: {(missing + unexpected)[0]}); pass the checkpoint that belongs to this config"
+        )
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    device_map = kwargs.get("device_map", {})
+    if isinstance(device_map, dict) and "" in device_map:
+        model.to(device_map[""])
+    return model
+
+
+def _load_tokenizer(source: _Source) -> Any:
+    import transformers
+
+    where = source.hub_id or source.folder
+    try:
+        return transformers.AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a model without tokenizer files still opens; prompts then need token ids

@@ -1,0 +1,92 @@
+"""Prompts in, predictions out: tokenising and running a model under hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.errors import GarageError
+from engine.hooks import Tap, hooked
+from engine.interventions import Intervention
+from engine.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class TokenGuess:
+    token_id: int
+    text: str
+    prob: float
+    logit: float
+
+
+@dataclass
+class RunResult:
+    token_ids: list[int]
+    logits: Tensor  # [vocab], last position
+    top: list[TokenGuess]
+    tap: Tap
+
+
+def _require_weights(loaded: LoadedModel) -> None:
+    if loaded.structure_only:
+        raise GarageError(f"'{loaded.name}' is open structure-only (no weights); open it with weights to run it")
+
+
+def encode(loaded: LoadedModel, prompt: str) -> Tensor:
+    """Token ids ``[1, T]`` on the model's input device."""
+    _require_weights(loaded)
+    if loaded.tokenizer is None:
+        raise GarageError(f"'{loaded.name}' has no tokenizer files; put tokenizer.json beside its config.json")
+    if not prompt:
+        raise GarageError("the prompt is empty; pass some text with --prompt")
+    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+    return ids.to(loaded.input_device)
+
+
+def forward(
+    loaded: LoadedModel,
+    ids: Tensor,
+    *,
+    capture: Sequence[str] = (),
+    interventions: Sequence[Intervention] = (),
+) -> tuple[Tensor, Tap]:
+    """One forward pass under ``interventions``; returns the model's main output and the tap."""
+    _require_weights(loaded)
+    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions) as tap:
+        output = loaded.model(input_ids=ids)
+    main = output.logits if hasattr(output, "logits") else output.last_hidden_state
+    return main, tap
+
+
+def top_tokens(loaded: LoadedModel, last_logits: Tensor, k: int) -> list[TokenGuess]:
+    probs = torch.softmax(last_logits.float(), dim=-1)
+    values, indices = probs.topk(k)
+    return [
+        TokenGuess(int(i), loaded.tokenizer.decode([int(i)]), float(p), float(last_logits[i]))
+        for p, i in zip(values, indices)
+    ]
+
+
+def predict(
+    loaded: LoadedModel,
+    prompt: str,
+    *,
+    interventions: Sequence[Intervention] = (),
+    capture: Sequence[str] = (),
+    top_k: int = 5,
+) -> RunResult:
+    """Next-token prediction for ``prompt`` under ``interventions``."""
+    if not loaded.is_causal_lm:
+        raise GarageError(
+            f"'{loaded.name}' has no language-model head, so it predicts no next token; "
+            "use `garage capture` to read its activations"
+        )
+    if top_k < 1:
+        raise GarageError(f"--top-k must be at least 1, got {top_k}")
+    ids = encode(loaded, prompt)
+    logits, tap = forward(loaded, ids, capture=capture, interventions=interventions)
+    last = logits[0, -1]
+    return RunResult(ids[0].tolist(), last, top_tokens(loaded, last, top_k), tap)

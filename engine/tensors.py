@@ -1,0 +1,38 @@
+"""Small tensor utilities shared by hooks, analyzers and the parts bin."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def split_heads(flat: Tensor, n_heads: int) -> Tensor:
+    """``[..., n_heads * d_head]`` → ``[..., n_heads, d_head]`` (a view, no copy)."""
+    return flat.unflatten(-1, (n_heads, flat.shape[-1] // n_heads))
+
+
+def first_tensor(value: object) -> Tensor:
+    """A module's main output: the tensor itself, or the first item of a tuple output."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    raise TypeError(f"expected a tensor or a tuple starting with one, got {type(value).__name__}")
+
+
+def replace_first(value: object, tensor: Tensor) -> object:
+    """``value`` with its main tensor swapped for ``tensor``, keeping any other outputs."""
+    if isinstance(value, Tensor):
+        return tensor
+    return type(value)((tensor, *value[1:])) if isinstance(value, tuple) else [tensor, *value[1:]]
+
+
+def position_mean(activation: Tensor) -> Tensor:
+    """Mean over batch and positions, broadcastable back onto ``activation``."""
+    dims = tuple(range(activation.dim() - 1))
+    return activation.mean(dim=dims, keepdim=True)
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+    return table[name]
