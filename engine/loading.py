@@ -30,7 +30,7 @@ from engine.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from engine.gguf_cache import converted_folder
+from engine.gguf_cache import MARKER, cached_folder_for, converted_folder
 from engine.tensors import dtype_from_name
 
 Progress = Callable[[str, float | None], None]
@@ -236,15 +236,17 @@ def open_model(
             ".safetensors or .gguf path, or a bundled name (smollm2-135m, minilm-l6)"
         )
     _notify(progress, "reading config", 0.0)
-    config = _load_config(source)
+    weights_source = source
+    if source.kind in ("gguf", "bundled-gguf"):
+        cached = cached_folder_for(source.file)
+        # Parsing GGUF metadata for the config takes seconds; the cached folder's config is instant.
+        if (cached / MARKER).is_file() or not structure_only:
+            weights_source = _Source(source.name, "folder", folder=converted_folder(
+                source.file, progress=progress, cancel=cancel))
+    config = _load_config(weights_source)
     _check_cancel(cancel)
     if structure_only or source.kind == "config":
         return _open_structure(source, config, dtype)
-    if source.kind in ("gguf", "bundled-gguf"):
-        folder = converted_folder(source.file, progress=progress, cancel=cancel)
-        weights_source = _Source(source.name, source.kind, folder=folder)
-    else:
-        weights_source = source
     _check_cancel(cancel)
     _notify(progress, "loading weights", 0.3)
     model = _load_weights(weights_source, config, device, dtype, attn_implementation)
