@@ -36,7 +36,8 @@ def main() -> None:
         second = timed_open(cache)
         print(f"first open (dequantise + cache): {first:6.2f}s")
         print(f"second open (from cache):        {second:6.2f}s")
-        print(f"ratio first/second:              {first / second:6.1f}x   (bench wall {time.perf_counter() - started:.0f}s)")
+        wall = time.perf_counter() - started
+        print(f"ratio first/second:              {first / second:6.1f}x   (bench wall {wall:.0f}s)")
 
 
 if __name__ == "__main__":

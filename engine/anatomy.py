@@ -126,7 +126,9 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _attention_part(model: nn.Module, table: FamilyTable, geometry: HeadGeometry, block_path: str, index: int) -> Part | None:
+def _attention_part(
+    model: nn.Module, table: FamilyTable, geometry: HeadGeometry, block_path: str, index: int
+) -> Part | None:
     attn_table = table.attention
     part = _make_part(
         model, f"L{index}.attn", "attn", _join(block_path, attn_table.module),

@@ -169,9 +169,9 @@ class HeadGeometry:
 
 def head_geometry(config: object) -> HeadGeometry:
     """Head counts from any transformers config (attribute maps make the names uniform)."""
-    n_heads = int(getattr(config, "num_attention_heads"))
+    n_heads = int(config.num_attention_heads)
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    hidden = int(getattr(config, "hidden_size"))
+    hidden = int(config.hidden_size)
     head_dim = getattr(config, "head_dim", None) or hidden // n_heads
     return HeadGeometry(n_heads=n_heads, n_kv_heads=int(n_kv), head_dim=int(head_dim))
 

@@ -70,7 +70,8 @@ class LoadedModel:
 
     @property
     def is_causal_lm(self) -> bool:
-        return self.anatomy.family is not None and self.anatomy.family.lm_head is not None and hasattr(self.model, "lm_head")
+        family = self.anatomy.family
+        return family is not None and family.lm_head is not None and hasattr(self.model, "lm_head")
 
 
 def config_hash(config: Any) -> str:
@@ -163,7 +164,9 @@ def locate(spec: str) -> _Source:
     if spec in BUNDLED:
         path = bundled_path(spec)
         kind = "bundled-gguf" if path.suffix == ".gguf" else "bundled-folder"
-        return _Source(spec, kind, folder=path.parent if path.is_file() else path, file=path if path.is_file() else None)
+        if path.is_file():
+            return _Source(spec, kind, folder=path.parent, file=path)
+        return _Source(spec, kind, folder=path)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():

@@ -66,7 +66,7 @@ def top_tokens(loaded: LoadedModel, last_logits: Tensor, k: int) -> list[TokenGu
     values, indices = probs.topk(k)
     return [
         TokenGuess(int(i), loaded.tokenizer.decode([int(i)]), float(p), float(last_logits[i]))
-        for p, i in zip(values, indices)
+        for p, i in zip(values, indices, strict=True)
     ]
 
 

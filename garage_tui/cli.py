@@ -9,7 +9,9 @@ from garage_tui.commands import register_all
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="garage", description="Model Garage: open, inspect and rebuild neural networks.")
+    parser = argparse.ArgumentParser(
+        prog="garage", description="Model Garage: open, inspect and rebuild neural networks."
+    )
     parser.add_argument("--model", default="smollm2-135m",
                         help="model the TUI opens (no verb): bundled name, local path or hub id (default: %(default)s)")
     parser.add_argument("--session", metavar="FILE", help="restore a saved workbench session in the TUI")

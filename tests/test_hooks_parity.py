@@ -81,7 +81,8 @@ def test_every_family_layer_outputs_match_hidden_states(family):
 def test_pattern_capture_is_a_distribution(smollm2_eager):
     loaded = smollm2_eager
     ids = _ids(loaded)
-    with torch.no_grad(), hooked(loaded.model, loaded.anatomy, capture=["L3.attn.pattern", "L3.attn.h2.pattern"]) as tap:
+    points = ["L3.attn.pattern", "L3.attn.h2.pattern"]
+    with torch.no_grad(), hooked(loaded.model, loaded.anatomy, capture=points) as tap:
         loaded.model(input_ids=ids)
     pattern = tap["L3.attn.pattern"]
     assert pattern.shape == (1, 9, ids.shape[1], ids.shape[1])

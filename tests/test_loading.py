@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
+from engine.bundled import bundled_path
 from engine.errors import DeviceError, HubUnreachableError, ModelLoadError, ModelNotFoundError
 from engine.gguf_cache import MARKER, cached_folder_for
 from engine.loading import locate, open_model
-from engine.bundled import bundled_path
 
 LLAMA3_70B = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192,

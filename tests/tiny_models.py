@@ -25,7 +25,8 @@ def tiny_configs() -> dict[str, object]:
                              intermediate_size=96, pad_token_id=0, bos_token_id=0, eos_token_id=0, **COMMON),
         "gemma": T.GemmaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
                                head_dim=16, intermediate_size=96, **COMMON),
-        "bert": T.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96, **COMMON),
+        "bert": T.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96,
+                             **COMMON),
     }
 
 
