@@ -24,6 +24,12 @@ def check_safetensors(path: Path) -> dict:
         raise ModelLoadError(
             f"{path} is not a readable .safetensors file ({exc}); re-download or re-export it"
         ) from exc
+    entries = [entry for key, entry in header.items() if key != "__metadata__"] if isinstance(header, dict) else None
+    if entries is None or not all(
+        isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+        for entry in entries
+    ):
+        raise ModelLoadError(f"{path} has a malformed .safetensors header; re-download or re-export it")
     data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
     if 8 + header_len + data_end > size:
         raise ModelLoadError(

@@ -56,10 +56,23 @@ class Garage:
 
     def toggle(self, intervention: Intervention) -> bool:
         """Add ``intervention`` or remove an equal one already active; True when now active."""
-        key = intervention.to_dict()
         for existing in self.interventions:
-            if existing.to_dict() == key:
+            if _same(existing, intervention):
                 self.interventions.remove(existing)
                 return False
         self.interventions.append(intervention)
         return True
+
+
+def _same(a: Intervention, b: Intervention) -> bool:
+    """Equal descriptions and equal tensors (``to_dict`` names tensors, it does not hold them)."""
+    import torch
+
+    if a.to_dict() != b.to_dict() or a.module is not b.module:
+        return False
+    for x, y in ((a.vector, b.vector), (a.value, b.value)):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and (x.shape != y.shape or not torch.equal(x.detach().cpu(), y.detach().cpu())):
+            return False
+    return True

@@ -116,12 +116,13 @@ class Tap:
     def __init__(self) -> None:
         self.captured: dict[str, Tensor] = {}
         self.calls: dict[str, int] = {}
+        self.aliases: dict[str, str] = {}  # the address as given -> its canonical name
 
     def __getitem__(self, address: str) -> Tensor:
-        return self.captured[address]
+        return self.captured[self.aliases.get(address, address)]
 
     def __contains__(self, address: str) -> bool:
-        return address in self.captured
+        return self.aliases.get(address, address) in self.captured
 
     def keys(self):
         return self.captured.keys()
@@ -187,6 +188,7 @@ def hooked(
         return bundles.setdefault(site, _SiteHooks(site))
 
     capture_targets = [resolve_point(anatomy, address) for address in capture]
+    tap.aliases.update({given: target.address for given, target in zip(capture, capture_targets, strict=True)})
     try:
         for intervention in interventions:
             for plan in edits_for(anatomy, intervention):
@@ -196,7 +198,8 @@ def hooked(
                     swaps.append((parent, attr, getattr(parent, attr)))
                     setattr(parent, attr, plan.swap[1])
                     continue
-                bundle_for(plan.site).edits.append(plan.edit)
+                bundle = bundle_for(plan.site)
+                (bundle.observers if plan.observe else bundle.edits).append(plan.edit)
         for target in capture_targets:
             address = target.address
             observer = head_view(target, anatomy, lambda value, a=address: tap._record(a, value))

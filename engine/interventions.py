@@ -92,6 +92,7 @@ class EditPlan:
     site: Any = None
     edit: Callable[[Tensor], Tensor | None] | None = None
     swap: tuple[str, nn.Module] | None = None
+    observe: bool = False  # run after every edit at the site, seeing the final value
 
 
 @dataclass
@@ -111,7 +112,16 @@ def _output_transform(intervention: Intervention) -> Callable[[Tensor], Tensor]:
     if intervention.kind == "scale":
         return lambda value: value * intervention.factor
     if intervention.mode == "mean":
-        return lambda value: position_mean(value).expand_as(value).to(value.dtype)
+        held: list[Tensor] = []
+
+        def mean_ablate(value: Tensor) -> Tensor:
+            # A cached generation step sees one position, whose own mean is itself: reuse
+            # the mean of the last multi-position pass (the prompt) instead.
+            if value.shape[-2] > 1 or not held:
+                held[:] = [position_mean(value)]
+            return held[0].expand_as(value).to(value.dtype)
+
+        return mean_ablate
     return torch.zeros_like
 
 
@@ -142,6 +152,11 @@ def edits_for(anatomy: Anatomy, intervention: Intervention) -> list[EditPlan]:
         target = resolve_point(anatomy, intervention.address)
         if intervention.value is None:
             raise InterventionError(f"patch of '{target.address}' needs a value tensor")
+        if target.point == "pattern":
+            raise InterventionError(
+                f"cannot patch '{target.address}': attention weights are an output the model does not "
+                f"read back; patch {target.part.address}.z instead"
+            )
         return [EditPlan(site_for(anatomy, target), head_view(target, anatomy, _patch_edit(intervention, target)))]
     if kind == "replace":
         target = resolve(anatomy, intervention.address)
@@ -164,7 +179,7 @@ def _layer_delta_edits(anatomy: Anatomy, target: Target, transform: Callable[[Te
         return residual_in + transform(value - residual_in)
 
     return [
-        EditPlan(site_for(anatomy, Target(target.part, "in")), remember),
+        EditPlan(site_for(anatomy, Target(target.part, "in")), remember, observe=True),
         EditPlan(site_for(anatomy, Target(target.part, "out")), on_output),
     ]
 
@@ -183,6 +198,7 @@ def _steer_edit(intervention: Intervention, anatomy: Anatomy) -> Callable[[Tenso
         shift = (intervention.strength * vector).to(device=value.device, dtype=value.dtype)
         if intervention.positions is None:
             return value + shift
+        _check_positions(intervention, value.shape[1], value.shape[1])
         value = value.clone()
         value[:, intervention.positions] += shift
         return value
@@ -202,8 +218,19 @@ def _patch_edit(intervention: Intervention, target: Target) -> Callable[[Tensor]
                     f"{list(value.shape)}; prompts must have the same token length"
                 )
             return patched_in
+        _check_positions(intervention, value.shape[1], patched_in.shape[1])
         value = value.clone()
         value[:, intervention.positions] = patched_in[:, intervention.positions]
         return value
 
     return edit
+
+
+def _check_positions(intervention: Intervention, run_length: int, value_length: int) -> None:
+    length = min(run_length, value_length)
+    for position in intervention.positions or ():
+        if not -length <= position < length:
+            raise InterventionError(
+                f"position {position} of {intervention.kind} at '{intervention.address}' is out of range: "
+                f"the run has {run_length} positions (count from 0, negative from the end)"
+            )

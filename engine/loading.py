@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from engine.anatomy import Anatomy, build_anatomy
@@ -203,6 +204,8 @@ def _load_config(source: _Source) -> Any:
     try:
         if source.kind == "config":
             doc = json.loads(source.file.read_text())
+            if not isinstance(doc, dict):
+                raise ModelLoadError(f"{source.file} is not a transformers config (expected a JSON object)")
             model_type = doc.pop("model_type", None)
             if not model_type:
                 raise ModelLoadError(f"{source.file} has no model_type; it is not a transformers config")
@@ -214,9 +217,17 @@ def _load_config(source: _Source) -> Any:
         return transformers.AutoConfig.from_pretrained(source.folder)
     except GarageError:
         raise
-    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+    except (ValueError, KeyError, OSError, TypeError, StrictDataclassError) as exc:
         where = source.file or source.folder or source.hub_id
-        raise ModelLoadError(f"cannot read the model config at {where}: {str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(f"cannot read the model config at {where}: {_summary(exc)}") from exc
+
+
+def _summary(exc: BaseException, limit: int = 200) -> str:
+    """One short line from a library error: its telling line, cut at ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = lines[-1] if lines[0].endswith(":") else lines[0]
+    line = line.removeprefix("ValueError: ")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def open_model(

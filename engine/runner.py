@@ -63,7 +63,7 @@ def forward(
 
 def top_tokens(loaded: LoadedModel, last_logits: Tensor, k: int) -> list[TokenGuess]:
     probs = torch.softmax(last_logits.float(), dim=-1)
-    values, indices = probs.topk(k)
+    values, indices = probs.topk(min(k, probs.shape[-1]))
     return [
         TokenGuess(int(i), loaded.tokenizer.decode([int(i)]), float(p), float(last_logits[i]))
         for p, i in zip(values, indices, strict=True)
@@ -79,6 +79,11 @@ def predict(
     top_k: int = 5,
 ) -> RunResult:
     """Next-token prediction for ``prompt`` under ``interventions``."""
+    if not loaded.is_causal_lm and loaded.anatomy.family is None:
+        raise GarageError(
+            f"'{loaded.name}' is a '{getattr(loaded.config, 'model_type', '?')}' model, an architecture without "
+            "a family table, so `garage run` cannot drive it; `garage inspect` shows its module tree"
+        )
     if not loaded.is_causal_lm:
         raise GarageError(
             f"'{loaded.name}' has no language-model head, so it predicts no next token; "
