@@ -8,6 +8,7 @@ adds to the residual stream.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,9 @@ def ablate(address: str, mode: str = "zero") -> Intervention:
 
 
 def scale(address: str, factor: float) -> Intervention:
+    """Multiply a part's output (a head's z; a layer's delta) by ``factor``."""
+    if not math.isfinite(float(factor)):
+        raise InterventionError(f"scale factor for '{address}' must be a finite number, got {factor}")
     return Intervention("scale", address, factor=float(factor))
 
 

@@ -152,6 +152,8 @@ def test_replace_module_and_compose_interventions(smollm2):
 def test_bad_interventions_are_clear(smollm2):
     with pytest.raises(InterventionError, match="ablation mode"):
         ablate("L1", "median")
+    with pytest.raises(InterventionError, match="finite"):
+        scale("L1", float("nan"))
     with pytest.raises(InterventionError, match="residual"):
         with hooked(smollm2.model, smollm2.anatomy, (), [steer("L1.mlp", torch.zeros(576))]):
             pass
