@@ -1,0 +1,39 @@
+"""``garage snapshot``: one run's captured states, with metadata, in a .safetensors file."""
+
+from __future__ import annotations
+
+import argparse
+
+from garage_tui.commands.common import add_model_options, console, open_from_args, print_json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("snapshot", help="save one run's states (with metadata) to a .safetensors file")
+    add_model_options(parser)
+    parser.add_argument("--prompt", required=True)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--at", action="append", metavar="ADDR", help="capture point (repeatable)")
+    where.add_argument("--all", action="store_true",
+                       help="embedding plus every layer's attn.out, mlp.out and out (the default)")
+    parser.add_argument("--ablate", action="append", default=[], metavar="ADDR",
+                        help="zero-ablate a part during the run; ADDR:mean for mean-ablation")
+    parser.add_argument("--scale", action="append", default=[], metavar="ADDR=FACTOR")
+    parser.add_argument("--out", required=True, metavar="FILE.safetensors")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.snapshots import save_snapshot, take_snapshot
+    from garage_tui.commands.run_cmd import parse_interventions
+
+    interventions = parse_interventions(args.ablate, args.scale)
+    loaded = open_from_args(args)
+    snapshot = take_snapshot(loaded, args.prompt, None if args.all else args.at, interventions)
+    save_snapshot(args.out, snapshot)
+    if args.json:
+        print_json({"out": args.out, **snapshot.to_dict()})
+    else:
+        console().print(f"saved {len(snapshot.tensors)} states of {loaded.name} "
+                        f"({len(snapshot.metadata['token_ids'])} tokens) to {args.out}")
+    return 0
