@@ -6,8 +6,9 @@ import argparse
 
 
 def launch_tui(args: argparse.Namespace) -> int:
-    # Until the engine bay lands, the no-verb command shows the default model's anatomy.
-    from garage_tui.commands.inspect_cmd import run as inspect_run
+    """Build the app from the top-level options and run it; a bad session fails before any frame."""
+    from garage_tui.factory import build_app
 
-    return inspect_run(argparse.Namespace(model=args.model, device=args.tui_device, dtype="float32",
-                                          json=False, depth=2, structure_only=False))
+    app = build_app(session=args.session, model=args.model, device=args.tui_device, theme=args.theme)
+    app.run()
+    return int(app.return_code or 0)

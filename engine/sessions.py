@@ -1,0 +1,181 @@
+"""The workbench as a versioned JSON document that restores exactly.
+
+A session names the open models (how to reopen them), the prompt, the selected part, the
+active interventions (as ``Intervention.to_dict()``), the recipe on the build bench, the pane
+and the theme. Reading never imports torch: interventions are rebuilt on demand by
+``interventions_from_session``, so the TUI can read a session before its first frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import GarageError
+from engine.storage import atomic_write_json
+
+if TYPE_CHECKING:
+    from engine.garage import Garage
+    from engine.interventions import Intervention
+
+SESSION_VERSION = 1
+PANES = ("bay", "diagnostics", "parts", "bench")
+KIND = "model-garage-session"
+
+
+class SessionError(GarageError):
+    """A session file that cannot be read, is malformed, or comes from a newer garage."""
+
+
+@dataclass
+class ModelEntry:
+    """How to reopen one model: the spec given to ``open_model`` and its options."""
+
+    name: str
+    spec: str
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass
+class Session:
+    """Everything the workbench needs to come back as it was."""
+
+    models: list[ModelEntry] = field(default_factory=list)
+    active: str | None = None
+    prompt: str = ""
+    selected: str | None = None
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+    recipe: dict[str, Any] | None = None
+    pane: str = "bay"
+    theme: str | None = None
+    title: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        document = {"kind": KIND, "version": SESSION_VERSION}
+        document.update(asdict(self))
+        return document
+
+    @property
+    def active_entry(self) -> ModelEntry | None:
+        for entry in self.models:
+            if entry.name == self.active:
+                return entry
+        return self.models[0] if self.models else None
+
+
+def intervention_from_dict(document: dict[str, Any]) -> Intervention:
+    """Rebuild an intervention from ``Intervention.to_dict()``; tensor-carrying kinds are refused."""
+    from engine import interventions
+
+    kind = document.get("kind")
+    address = document.get("address")
+    if not isinstance(address, str) or not address:
+        raise SessionError(f"intervention {document!r} has no address; each needs e.g. \"address\": \"L10.attn.h3\"")
+    if kind == "ablate":
+        return interventions.ablate(address, str(document.get("mode", "zero")))
+    if kind == "scale":
+        factor = document.get("factor")
+        if not isinstance(factor, (int, float)):
+            raise SessionError(f"scale intervention on {address} needs a numeric 'factor'")
+        return interventions.scale(address, float(factor))
+    raise SessionError(
+        f"intervention '{kind}' on {address} carries a tensor that sessions do not store; "
+        "remove it from the session (only ablate and scale restore)"
+    )
+
+
+def interventions_from_session(session: Session) -> list[Intervention]:
+    return [intervention_from_dict(item) for item in session.interventions]
+
+
+def session_from_garage(garage: Garage, *, pane: str = "bay", theme: str | None = None,
+                        recipe: dict[str, Any] | None = None, title: str = "") -> Session:
+    """Snapshot a ``Garage`` (plus the UI's pane and theme) as a session."""
+    models = [ModelEntry(name, _spec_of(loaded), str(loaded.device), str(loaded.dtype))
+              for name, loaded in garage.models.items()]
+    return Session(
+        models=models, active=garage.active, prompt=garage.prompt, selected=garage.selected,
+        interventions=[item.to_dict() for item in garage.interventions], recipe=recipe,
+        pane=pane, theme=theme, title=title,
+    )
+
+
+def _spec_of(loaded: Any) -> str:
+    """The spec that reopens ``loaded``: its bundled name, else its source path or hub id."""
+    if str(getattr(loaded, "source_kind", "")).startswith("bundled"):
+        return str(loaded.name)
+    return str(loaded.source)
+
+
+def save_session(path: Path, session: Session) -> Path:
+    """Write ``session`` atomically as JSON; returns the path written."""
+    path = Path(path).expanduser()
+    atomic_write_json(path, session.to_dict())
+    return path
+
+
+def _require(condition: bool, path: Path, what: str) -> None:
+    if not condition:
+        raise SessionError(f"session {path} is malformed: {what}; fix the file or save a new session")
+
+
+def parse_session(document: Any, path: Path = Path("<session>")) -> Session:
+    """Validate a decoded JSON document and turn it into a ``Session``."""
+    _require(isinstance(document, dict), path, "the top level must be a JSON object")
+    _require(document.get("kind") == KIND, path, f"'kind' must be \"{KIND}\"")
+    version = document.get("version")
+    _require(isinstance(version, int) and not isinstance(version, bool), path, "'version' must be an integer")
+    if version > SESSION_VERSION:
+        raise SessionError(
+            f"session {path} is version {version}, newer than this garage understands ({SESSION_VERSION}); "
+            "upgrade Model Garage to open it"
+        )
+    _require(version >= 1, path, f"unknown version {version}")
+    models_doc = document.get("models", [])
+    _require(isinstance(models_doc, list), path, "'models' must be a list")
+    models = []
+    for item in models_doc:
+        _require(isinstance(item, dict) and isinstance(item.get("spec"), str) and isinstance(item.get("name"), str),
+                 path, "each model needs a 'name' and a 'spec'")
+        models.append(ModelEntry(item["name"], item["spec"], str(item.get("device", "cpu")),
+                                 str(item.get("dtype", "float32"))))
+    interventions = document.get("interventions", [])
+    _require(isinstance(interventions, list) and all(isinstance(i, dict) for i in interventions),
+             path, "'interventions' must be a list of objects")
+    for key in ("prompt", "title"):
+        _require(isinstance(document.get(key, ""), str), path, f"'{key}' must be a string")
+    for key in ("active", "selected", "theme"):
+        _require(document.get(key) is None or isinstance(document.get(key), str), path,
+                 f"'{key}' must be a string or null")
+    pane = document.get("pane", "bay")
+    _require(pane in PANES, path, f"'pane' must be one of {', '.join(PANES)}")
+    recipe = document.get("recipe")
+    _require(recipe is None or isinstance(recipe, dict), path, "'recipe' must be an object or null")
+    notes = document.get("notes", [])
+    _require(isinstance(notes, list) and all(isinstance(n, str) for n in notes), path,
+             "'notes' must be a list of strings")
+    return Session(models=models, active=document.get("active"), prompt=document.get("prompt", ""),
+                   selected=document.get("selected"), interventions=list(interventions), recipe=recipe,
+                   pane=pane, theme=document.get("theme"), title=document.get("title", ""), notes=notes)
+
+
+def load_session(path: Path) -> Session:
+    """Read and validate a session file; every problem is one ``SessionError`` line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SessionError(
+            f"no session file at {path}; check the path (saved sessions live in GARAGE_HOME/sessions)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionError(f"cannot read session {path}: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SessionError(
+            f"session {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it") from None
+    return parse_session(document, path)

@@ -1,0 +1,94 @@
+"""Rebinding keys from a file: ``GARAGE_HOME/keymap.yaml`` maps binding ids to keys.
+
+Example file::
+
+    bay.ablate: b
+    app.save_session: ctrl+w,f2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.storage import garage_home
+
+
+def keymap_path() -> Path:
+    return garage_home() / "keymap.yaml"
+
+
+def load_keymap(path: Path | None = None) -> tuple[dict[str, str], str | None]:
+    """``({binding id: keys}, problem)``; a broken file yields no keymap and a one-line problem."""
+    target = path or keymap_path()
+    if not target.is_file():
+        return {}, None
+    try:
+        document = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return {}, f"keymap {target} is not readable YAML ({type(exc).__name__}); fix it or delete it"
+    if not isinstance(document, dict):
+        return {}, f"keymap {target} must map binding ids to keys, e.g. 'bay.ablate: b'"
+    return {str(key): str(value) for key, value in document.items()}, None
+
+
+def _binding_sources(app: Any) -> list[tuple[str, Any]]:
+    """Where bindings live, in the order the help screen lists them."""
+    from garage_tui.screens.ask import AskScreen, ConfirmScreen
+    from garage_tui.screens.help import HelpScreen
+    from garage_tui.widgets.bay_pane import BayPane
+    from garage_tui.widgets.bench_pane import BenchPane
+    from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
+    from garage_tui.widgets.part_tree import PartTree
+    from garage_tui.widgets.parts_pane import PartsPane
+    from garage_tui.widgets.prompt_bar import PromptInput
+
+    app_class = app if isinstance(app, type) else type(app)
+    return [("everywhere", app_class), ("engine bay", BayPane), ("part tree", PartTree),
+            ("diagnostics", DiagnosticsPane), ("parts bin", PartsPane), ("build bench", BenchPane),
+            ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen)]
+
+
+def garage_bindings(app: Any) -> list[tuple[str, Any, str]]:
+    """``(where, Binding, keys now)`` for every binding the garage defines, keymap applied."""
+    keymap = getattr(app, "_keymap", {}) or {}
+    rows = []
+    for where, owner in _binding_sources(app):
+        for binding in owner.BINDINGS:
+            keys = keymap.get(binding.id, binding.key) if binding.id else binding.key
+            rows.append((where, binding, keys))
+    return rows
+
+
+def binding_rows(app: Any) -> list[tuple[str, str, str, str]]:
+    """Rows for the help screen: where, keys (as typed), what it does, binding id."""
+    rows = [(where, keys.replace("question_mark", "?").replace("slash", "/"), binding.description, binding.id or "")
+            for where, binding, keys in garage_bindings(app)]
+    rows.append(("everywhere", "ctrl+p", "Command palette (every action)", "app.command_palette"))
+    return rows
+
+
+def palette_commands(app: Any) -> list[tuple[str, str, Any]]:
+    """``(title, help, callback)`` for the palette: every garage action, with its keys."""
+    commands: list[tuple[str, str, Any]] = []
+    owners = dict(_binding_sources(app))
+    for where, binding, keys in garage_bindings(app):
+        if where in ("help", "confirm", "question", "prompt", "part tree"):
+            continue
+        action, owner = binding.action, owners.get(where)
+        commands.append((f"{binding.description} ({where})", f"keys: {keys}",
+                         lambda action=action, owner=owner: app.run_action(action, _namespace(app, owner))))
+    for theme in getattr(app, "theme_names", []):
+        commands.append((f"Theme: {theme}", "switch theme (remembered)",
+                         lambda theme=theme: setattr(app, "theme", theme)))
+    return commands
+
+
+def _namespace(app: Any, owner: Any) -> Any:
+    """The widget a pane's own action runs on (the app for app-level bindings)."""
+    if owner is None or isinstance(app, owner):
+        return app
+    found = app.query(owner)
+    return found.first() if found else app
