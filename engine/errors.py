@@ -38,5 +38,9 @@ class InterventionError(GarageError):
     """An intervention that cannot be applied to the named part."""
 
 
+class Cancelled(GarageError):
+    """The caller set the cancel event; the job stopped and kept nothing half-done."""
+
+
 class StorageError(GarageError):
     """A file under GARAGE_HOME (or given by the user) that cannot be read or written."""

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import GarageError, ModelLoadError
+from engine.errors import Cancelled, GarageError, ModelLoadError
 from engine.storage import atomic_output_dir, atomic_write_json, cache_dir
 
 MARKER = "garage-conversion.json"
@@ -45,8 +45,6 @@ def converted_folder(
     with atomic_output_dir(folder) as staging:
         _convert(gguf_path, staging)
         if cancel is not None and cancel.is_set():
-            from engine.loading import Cancelled
-
             raise Cancelled("GGUF conversion was cancelled; nothing was cached")
         atomic_write_json(staging / MARKER, {"source": str(gguf_path), "key": cache_key(gguf_path)})
     return folder

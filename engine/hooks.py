@@ -10,6 +10,7 @@ are exact for MHA and GQA alike.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from engine.addresses import Target, resolve, resolve_point
 from engine.anatomy import Anatomy
-from engine.errors import AddressError, InterventionError
+from engine.errors import AddressError, Cancelled, InterventionError
 from engine.interventions import Intervention, edits_for
 from engine.tensors import first_tensor, replace_first, split_heads
 
@@ -172,11 +173,13 @@ def hooked(
     anatomy: Anatomy,
     capture: Sequence[str] = (),
     interventions: Sequence[Intervention] = (),
+    cancel: threading.Event | None = None,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
-    Every hook, swapped module and attention-implementation change is undone on exit, also
-    when the block raises.
+    With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
+    is set, so Esc interrupts even one long pass. Every hook, swapped module and
+    attention-implementation change is undone on exit, also when the block raises.
     """
     tap = Tap()
     bundles: dict[Site, _SiteHooks] = {}
@@ -208,6 +211,8 @@ def hooked(
             previous_impl = model.config._attn_implementation
             if previous_impl != "eager":
                 model.set_attn_implementation("eager")
+        if cancel is not None:
+            handles.extend(_cancel_checks(model, anatomy, cancel))
         for site, bundle in bundles.items():
             module = model.get_submodule(site.module_path)
             if site.phase == "pre":
@@ -222,6 +227,18 @@ def hooked(
             setattr(parent, attr, original)
         if previous_impl is not None and previous_impl != "eager":
             model.set_attn_implementation(previous_impl)
+
+
+def _cancel_checks(model: nn.Module, anatomy: Anatomy, cancel: threading.Event) -> list:
+    """Pre-hooks on every layer (or the whole model, without a family table) that stop the pass."""
+
+    def check(module: nn.Module, args: tuple) -> None:
+        if cancel.is_set():
+            raise Cancelled("the forward pass was cancelled")
+
+    check._garage_hook = True  # type: ignore[attr-defined]
+    modules = [model.get_submodule(anatomy.module_path_of(i, "").rstrip(".")) for i in range(anatomy.n_layers)]
+    return [module.register_forward_pre_hook(check) for module in modules or [model]]
 
 
 def hook_inventory(model: nn.Module) -> set[tuple[str, str, int]]:

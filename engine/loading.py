@@ -25,6 +25,7 @@ from engine.anatomy import Anatomy, build_anatomy
 from engine.bundled import BUNDLED, bundled_path
 from engine.checks import check_gguf, check_safetensors
 from engine.errors import (
+    Cancelled,
     DeviceError,
     GarageError,
     HubUnreachableError,
@@ -38,10 +39,6 @@ Progress = Callable[[str, float | None], None]
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-class Cancelled(GarageError):
-    """The caller set the cancel event; nothing was kept."""
 
 
 @dataclass

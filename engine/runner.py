@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,10 +53,14 @@ def forward(
     *,
     capture: Sequence[str] = (),
     interventions: Sequence[Intervention] = (),
+    cancel: threading.Event | None = None,
 ) -> tuple[Tensor, Tap]:
-    """One forward pass under ``interventions``; returns the model's main output and the tap."""
+    """One forward pass under ``interventions``; returns the model's main output and the tap.
+
+    Setting ``cancel`` stops the pass at the next layer with ``Cancelled``.
+    """
     _require_weights(loaded)
-    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions) as tap:
+    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions, cancel) as tap:
         output = loaded.model(input_ids=ids)
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return main, tap
@@ -77,6 +82,7 @@ def predict(
     interventions: Sequence[Intervention] = (),
     capture: Sequence[str] = (),
     top_k: int = 5,
+    cancel: threading.Event | None = None,
 ) -> RunResult:
     """Next-token prediction for ``prompt`` under ``interventions``."""
     if not loaded.is_causal_lm and loaded.anatomy.family is None:
@@ -92,6 +98,6 @@ def predict(
     if top_k < 1:
         raise GarageError(f"--top-k must be at least 1, got {top_k}")
     ids = encode(loaded, prompt)
-    logits, tap = forward(loaded, ids, capture=capture, interventions=interventions)
+    logits, tap = forward(loaded, ids, capture=capture, interventions=interventions, cancel=cancel)
     last = logits[0, -1]
     return RunResult(ids[0].tolist(), last, top_tokens(loaded, last, top_k), tap)

@@ -305,7 +305,7 @@ class GarageApp(App[None]):
             return not worker.is_cancelled
 
         if loaded.is_causal_lm:
-            result = predict(loaded, prompt, interventions=interventions, top_k=5)
+            result = predict(loaded, prompt, interventions=interventions, top_k=5, cancel=worker.cancelled_event)
             report["top"] = [(guess.text, guess.prob) for guess in result.top]
             report["tokens"] = len(result.token_ids)
         if not step(1, "residual norms"):
@@ -315,7 +315,8 @@ class GarageApp(App[None]):
             if not step(2, "baseline without edits"):
                 return None
             if loaded.is_causal_lm:
-                report["baseline_top"] = [(g.text, g.prob) for g in predict(loaded, prompt, top_k=5).top]
+                baseline = predict(loaded, prompt, top_k=5, cancel=worker.cancelled_event)
+                report["baseline_top"] = [(g.text, g.prob) for g in baseline.top]
             if not step(3, "baseline norms"):
                 return None
             report["baseline_norms"] = residual_norms(loaded, prompt, ())

@@ -161,3 +161,24 @@ def test_bad_interventions_are_clear(smollm2):
         with hooked(smollm2.model, smollm2.anatomy, (), [steer("L1", torch.zeros(3))]):
             pass
     assert count_garage_hooks(smollm2.model) == 0
+
+
+def test_cancel_stops_a_forward_pass_between_layers(smollm2):
+    import threading
+
+    from engine.errors import Cancelled
+    from engine.runner import forward
+
+    ids = smollm2.tokenizer(PROMPT, return_tensors="pt").input_ids
+    cancel = threading.Event()
+    # Esc arrives while layer 5 runs: layer 6 must never start.
+    layer5 = smollm2.model.model.layers[5]
+    handle = layer5.register_forward_hook(lambda *_: cancel.set())
+    try:
+        with pytest.raises(Cancelled):
+            forward(smollm2, ids, capture=["L5.out", "L6.out"], cancel=cancel)
+    finally:
+        handle.remove()
+    assert count_garage_hooks(smollm2.model) == 0
+    logits, tap = forward(smollm2, ids, capture=["L6.out"], cancel=threading.Event())
+    assert "L6.out" in tap and torch.equal(logits, _logits(smollm2, ids))
