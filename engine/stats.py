@@ -78,7 +78,9 @@ class _DoublingHistogram:
 
     def __init__(self, bins: int) -> None:
         if bins < 2 or bins % 2:
-            raise ValueError("histogram bins must be an even number ≥ 2")
+            from engine.errors import GarageError
+
+            raise GarageError(f"histogram bins must be an even number ≥ 2, got {bins}")
         self.bins = bins
         self.counts = torch.zeros(bins, dtype=torch.int64)
         self.low: float | None = None
@@ -88,13 +90,17 @@ class _DoublingHistogram:
     def high(self) -> float:
         return (self.low or 0.0) + self.bins * self.width
 
-    def _double(self) -> None:
+    def _double(self, downward: bool) -> None:
         assert self.low is not None
         wider = 2.0 * self.width
-        new_low = math.floor(self.low / wider) * wider
+        # in units of the old width (exact: low is a multiple of that power of two); the new low
+        # can be any even unit in [n - bins, n], so growing down takes the lowest, else a low of 0
+        # would stay 0 forever and never reach x < 0
+        n = round(self.low / self.width)
+        new_n = -((self.bins - n) // 2) if downward else n // 2
+        new_low = new_n * wider
         merged = torch.zeros_like(self.counts)
-        # exact: old left edges and new_low are multiples of the old power-of-two width
-        index = torch.tensor([int((self.low + k * self.width - new_low) // wider) for k in range(self.bins)])
+        index = torch.tensor([(n + k - 2 * new_n) // 2 for k in range(self.bins)])
         merged.index_add_(0, index, self.counts)
         self.counts, self.low, self.width = merged, new_low, wider
 
@@ -104,7 +110,7 @@ class _DoublingHistogram:
             self.width = 2.0 ** math.ceil(math.log2(span / self.bins))
             self.low = math.floor(lowest / self.width) * self.width
         while lowest < self.low or highest >= self.high:
-            self._double()
+            self._double(lowest < self.low)
         # compare against the edges rather than dividing: (x - low) / width rounds tiny values
         # onto the next edge, while edge comparisons stay exact and nest under doubling
         edges = torch.tensor(self.edges(), dtype=torch.float64)
@@ -179,7 +185,10 @@ class StreamingStats:
         self.token_norm_min = min(self.token_norm_min, float(norms.min()))
         self.token_norm_max = max(self.token_norm_max, float(norms.max()))
         self.width = values.shape[-1]
-        self.histogram.update(flat, lowest, highest)
+        # inf/NaN (an overflowing run) have no bin: they count in the moments, not the histogram
+        finite = flat[torch.isfinite(flat)]
+        if finite.numel():
+            self.histogram.update(finite, float(finite.min()), float(finite.max()))
 
     def summary(self) -> StatsSummary:
         m = self.moments

@@ -83,7 +83,7 @@ def logit_lens(
     probs = torch.softmax(lens_logits, dim=-1)
     report = LensReport(prompt, ids[0].tolist(), final_id, loaded.tokenizer.decode([final_id]))
     for address, row_logits, row_probs in zip(addresses, lens_logits, probs, strict=True):
-        values, indices = row_probs.topk(top_k)
+        values, indices = row_probs.topk(min(top_k, row_probs.shape[-1]))
         rank = int((row_logits > row_logits[final_id]).sum())
         report.layers.append(LensLayer(
             address,

@@ -31,7 +31,7 @@ def check_name(name: str) -> str:
 def default_name(source_name: str, address: str) -> str:
     """``<model>-<address>`` with anything unsafe replaced, e.g. ``smollm2-135m-L10.attn.h3``."""
     base = _UNSAFE_CHARS.sub("-", f"{source_name}-{address}").strip("-.") or "part"
-    base = base.replace("..", ".")
+    base = re.sub(r"\.{2,}", ".", base)
     if not base[0].isalnum():
         base = f"p{base}"
     return base[:100]

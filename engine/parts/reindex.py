@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import TYPE_CHECKING
 
 from engine.parts import catalog
+from engine.parts.errors import PartError
 from engine.parts.extract import params_of, read_part_file, sha256_bytes
 from engine.parts.naming import check_name
 from engine.parts.plan import fit_signature
@@ -30,9 +31,12 @@ def reindex(bin_: PartsBin) -> list[PartRecord]:
             if path.name in known:
                 continue
             name = path.name[: -len(".safetensors")]
-            check_name(name)
-            payload = path.read_bytes()
-            tensors, meta = read_part_file(payload)
+            try:
+                check_name(name)
+                payload = path.read_bytes()
+                tensors, meta = read_part_file(payload)
+            except (PartError, OSError):
+                continue  # unreadable or badly named: left in place, the other files still get catalogued
             if meta.get("format") is None or "fragment" not in meta:
                 continue  # not a part file written by the bin
             entries = [TensorEntry.from_dict(doc) for doc in meta["tensors"]]

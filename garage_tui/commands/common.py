@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -27,8 +28,19 @@ def open_from_args(args: argparse.Namespace, structure_only: bool = False):
     return open_model(args.model, device=args.device, dtype=args.dtype, structure_only=structure_only)
 
 
+def _finite(value: Any) -> Any:
+    """NaN and ±inf become null: strict JSON parsers reject Python's NaN/Infinity tokens."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def print_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2)
+    json.dump(_finite(document), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
 
 

@@ -144,9 +144,10 @@ def run_rename(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     bin_ = _bin()
-    for name in args.names:
+    names = list(dict.fromkeys(args.names))  # a repeated name is removed once
+    for name in names:
         bin_.get(name)  # every name must exist before anything is removed
-    removed = [bin_.remove(name) for name in args.names]
+    removed = [bin_.remove(name) for name in names]
     if args.json:
         print_json([record.name for record in removed])
     else:
