@@ -1,0 +1,288 @@
+"""Reading recipe documents: YAML or JSON text (or a dict) into a ``Recipe``.
+
+Parsing checks only the document's own shape (keys, types, references like ``a.L3`` or
+``a.L8-15``) and remembers the line of every key, so each problem can name it; whether the
+sources agree with each other is ``validate.py``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.build.recipe import (
+    BLEND_METHODS,
+    COMPONENTS,
+    RECIPE_VERSION,
+    HeadMove,
+    LayerRef,
+    LayerSpec,
+    Mix,
+    Recipe,
+    RecipeError,
+)
+
+_LAYER_REF = re.compile(r"^(?P<alias>[A-Za-z_][\w\-]*)\.L(?P<start>\d+)(?:-(?P<stop>\d+))?$")
+_HEAD_REF = re.compile(r"^(?P<alias>[A-Za-z_][\w\-]*)\.L(?P<layer>\d+)\.(?:attn\.)?h(?P<head>\d+)$")
+TOP_KEYS = {"recipe_version", "name", "description", "sources", "base", "embed", "final_norm", "lm_head",
+            "layers", "config", "dtype"}
+LAYER_KEYS = {"take", "blend", "method", "weights", "t", "attn", "mlp", "norms", "heads"}
+
+
+# ---- YAML with line numbers -------------------------------------------------------------
+
+def _line_map(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            lines[child] = key_node.start_mark.line + 1
+            _line_map(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, f"{path}[{index}]", lines)
+
+
+def _read_document(path_or_text: str | Path) -> tuple[Any, dict[str, int], str]:
+    origin = "<text>"
+    text = str(path_or_text)
+    if isinstance(path_or_text, Path) or ("\n" not in text and text.endswith((".yaml", ".yml", ".json"))):
+        file = Path(path_or_text).expanduser()
+        if not file.is_file():
+            raise RecipeError(f"no such recipe file: {file}; pass a .yaml or .json recipe")
+        origin = str(file)
+        text = file.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{Path(origin).name} is not valid YAML/JSON{at}: {getattr(exc, 'problem', exc)}") from exc
+    lines: dict[str, int] = {}
+    if node is not None:
+        _line_map(node, "", lines)
+    return document, lines, origin
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+def _layer_range(text: Any) -> tuple[str, int, int] | None:
+    match = _LAYER_REF.match(str(text).strip()) if isinstance(text, str) else None
+    if not match:
+        return None
+    start = int(match["start"])
+    stop = int(match["stop"]) if match["stop"] is not None else start
+    return match["alias"], start, stop
+
+
+def _single_ref(recipe: Recipe, value: Any, path: str) -> LayerRef | None:
+    parsed = _layer_range(value)
+    if parsed is None or parsed[1] != parsed[2]:
+        recipe.problems.append(recipe.problem(path, f"expected one layer like 'a.L3', got {value!r}"))
+        return None
+    return LayerRef(parsed[0], parsed[1])
+
+
+def _blend(recipe: Recipe, entry: dict[str, Any], path: str) -> Mix | None:
+    refs_raw = entry.get("blend")
+    if not isinstance(refs_raw, list) or len(refs_raw) < 2:
+        recipe.problems.append(recipe.problem(f"{path}.blend", "blend wants a list of two or more layers, e.g. "
+                                                               "[a.L3, b.L3]"))
+        return None
+    refs = [_single_ref(recipe, value, f"{path}.blend[{i}]") for i, value in enumerate(refs_raw)]
+    if any(ref is None for ref in refs):
+        return None
+    method = entry.get("method", "linear")
+    if method not in BLEND_METHODS:
+        recipe.problems.append(recipe.problem(f"{path}.method", f"unknown blend method {method!r}; use linear "
+                                                                "or slerp"))
+        return None
+    mix = Mix(refs, method, path=path)  # type: ignore[arg-type]
+    if method == "linear":
+        weights = entry.get("weights", [1.0 / len(refs)] * len(refs))
+        numeric = isinstance(weights, list) and all(isinstance(w, (int, float)) for w in weights)
+        if not numeric or len(weights) != len(refs):
+            recipe.problems.append(recipe.problem(f"{path}.weights", f"linear blend needs {len(refs)} numeric "
+                                                                     "weights, one per layer"))
+            return None
+        mix.weights = [float(w) for w in weights]
+    else:
+        t = entry.get("t", 0.5)
+        if len(refs) != 2:
+            recipe.problems.append(recipe.problem(f"{path}.blend", "slerp blends exactly two layers"))
+            return None
+        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+            recipe.problems.append(recipe.problem(f"{path}.t", f"slerp t must be a number between 0 and 1, got {t!r}"))
+            return None
+        mix.t = float(t)
+    return mix
+
+
+def _component(recipe: Recipe, value: Any, path: str) -> Mix | None:
+    if isinstance(value, dict):
+        return _blend(recipe, value, path)
+    ref = _single_ref(recipe, value, path)
+    return Mix([ref], path=path) if ref else None
+
+
+def _heads(recipe: Recipe, value: Any, path: str) -> list[HeadMove]:
+    if not isinstance(value, list):
+        recipe.problems.append(recipe.problem(path, "heads wants a list like [{head: 3, from: b.L10.h3}]"))
+        return []
+    moves = []
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("head"), int):
+            recipe.problems.append(recipe.problem(item_path, "each head move needs an integer 'head' and 'from: "
+                                                             "a.L10.h3' or 'part: NAME'"))
+            continue
+        kv = item.get("kv", "auto")
+        if kv not in ("auto", "keep"):
+            recipe.problems.append(recipe.problem(f"{item_path}.kv", f"kv must be 'auto' or 'keep', got {kv!r}"))
+            continue
+        if "part" in item:
+            moves.append(HeadMove(item["head"], part=str(item["part"]), kv=kv, path=item_path))
+            continue
+        match = _HEAD_REF.match(str(item.get("from", "")))
+        if not match:
+            recipe.problems.append(recipe.problem(f"{item_path}.from", "expected a head like 'b.L10.h3', got "
+                                                                       f"{item.get('from')!r}"))
+            continue
+        moves.append(HeadMove(item["head"], LayerRef(match["alias"], int(match["layer"])), int(match["head"]),
+                              kv=kv, path=item_path))
+    return moves
+
+
+def _layers(recipe: Recipe, entries: Any) -> list[LayerSpec]:
+    if not isinstance(entries, list) or not entries:
+        recipe.problems.append(recipe.problem("layers", "layers wants a non-empty list of {take: a.L3} / "
+                                                        "{blend: [...]} entries"))
+        return []
+    specs: list[LayerSpec] = []
+    for index, entry in enumerate(entries):
+        path = f"layers[{index}]"
+        if isinstance(entry, str):
+            entry = {"take": entry}
+        if not isinstance(entry, dict):
+            recipe.problems.append(recipe.problem(path, "each layer entry is a mapping such as {take: a.L3}"))
+            continue
+        unknown = sorted(set(entry) - LAYER_KEYS)
+        if unknown:
+            recipe.problems.append(recipe.problem(path, f"unknown key(s) {', '.join(unknown)}; use "
+                                                        f"{', '.join(sorted(LAYER_KEYS))}"))
+        if ("take" in entry) == ("blend" in entry):
+            recipe.problems.append(recipe.problem(path, "each layer entry needs exactly one of 'take' or 'blend'"))
+            continue
+        overrides_given = [key for key in (*COMPONENTS, "heads") if key in entry]
+        if "take" in entry:
+            parsed = _layer_range(entry["take"])
+            if parsed is None:
+                recipe.problems.append(recipe.problem(f"{path}.take", "expected 'alias.L3' or a range "
+                                                                      f"'alias.L8-15', got {entry['take']!r}"))
+                continue
+            alias, start, stop = parsed
+            if stop < start:
+                recipe.problems.append(recipe.problem(f"{path}.take", f"range {entry['take']} runs backwards; "
+                                                                      f"write {alias}.L{stop}-{start}"))
+                continue
+            if stop > start and overrides_given:
+                recipe.problems.append(recipe.problem(path, "overrides (attn, mlp, norms, heads) need a single "
+                                                            "layer, not a range"))
+                continue
+            bases = [Mix([LayerRef(alias, k)], path=f"{path}.take") for k in range(start, stop + 1)]
+        else:
+            mix = _blend(recipe, entry, path)
+            if mix is None:
+                continue
+            bases = [mix]
+        for base in bases:
+            spec = LayerSpec(base, path=path)
+            for name in COMPONENTS:
+                if name in entry:
+                    mix = _component(recipe, entry[name], f"{path}.{name}")
+                    if mix is not None:
+                        spec.overrides[name] = mix
+            if "heads" in entry:
+                spec.heads = _heads(recipe, entry["heads"], f"{path}.heads")
+            specs.append(spec)
+    return specs
+
+
+def _relative_to_recipe(spec: str, origin: str) -> str:
+    """A relative source path that exists beside the recipe file (and not in the working
+    folder) is read relative to the recipe, so recipes can travel with their models."""
+    if origin.startswith("<") or Path(spec).is_absolute() or Path(spec).expanduser().exists():
+        return spec
+    beside = Path(origin).parent / spec
+    return str(beside.resolve()) if beside.is_dir() else spec
+
+
+def load_recipe(path_or_text: str | Path | dict) -> Recipe:
+    """Parse a recipe from a file path, YAML/JSON text or a dict; shape problems are kept on
+    ``recipe.problems`` (``validate_recipe`` reports them with the rest), unreadable files raise."""
+    if isinstance(path_or_text, dict):
+        document, lines, origin = path_or_text, dict[str, int](), "<dict>"
+    else:
+        document, lines, origin = _read_document(path_or_text)
+    if not isinstance(document, dict):
+        raise RecipeError(f"{Path(origin).name} is not a recipe: expected a mapping with recipe_version, "
+                          "sources and layers")
+    raw_version = document.get("recipe_version")
+    recipe = Recipe(
+        version=raw_version if isinstance(raw_version, int) else 0, name=str(document.get("name") or Path(origin).stem),
+        sources={}, embed=None, final_norm=None, lm_head=None, layers=[], origin=origin, lines=lines,
+        description=str(document.get("description") or ""),
+    )
+    if raw_version != RECIPE_VERSION:
+        recipe.problems.append(recipe.problem("recipe_version", f"recipe_version must be {RECIPE_VERSION}, got "
+                                                                f"{raw_version!r}"))
+    unknown = sorted(set(document) - TOP_KEYS)
+    if unknown:
+        recipe.problems.append(recipe.problem(unknown[0], f"unknown top-level key(s) {', '.join(unknown)}; use "
+                                                          f"{', '.join(sorted(TOP_KEYS))}"))
+    sources = document.get("sources")
+    if not isinstance(sources, dict) or not sources:
+        recipe.problems.append(recipe.problem("sources", "sources wants a mapping alias: model (bundled name, "
+                                                         "local path or hub id)"))
+    else:
+        for alias, spec in sources.items():
+            if isinstance(spec, dict):
+                spec = spec.get("model") or spec.get("path") or spec.get("hub")
+            if not isinstance(spec, str) or not spec:
+                recipe.problems.append(recipe.problem(f"sources.{alias}", "each source is a bundled name, local "
+                                                                          "path or hub id"))
+                continue
+            recipe.sources[str(alias)] = _relative_to_recipe(spec, origin)
+    for key in ("base", "embed", "final_norm", "lm_head"):
+        value = document.get(key)
+        if value is not None and not isinstance(value, str):
+            recipe.problems.append(recipe.problem(key, f"{key} names one source alias, got {value!r}"))
+            continue
+        setattr(recipe, key, value)
+    config = document.get("config") or {}
+    if not isinstance(config, dict):
+        recipe.problems.append(recipe.problem("config", "config overrides are a mapping, e.g. {rope_theta: 10000}"))
+    else:
+        recipe.config = config
+    dtype = document.get("dtype")
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        recipe.problems.append(recipe.problem("dtype", f"dtype must be float32, bfloat16 or float16, got {dtype!r}"))
+    else:
+        recipe.dtype = dtype
+    recipe.layers = _layers(recipe, document.get("layers"))
+    return recipe
+
+
+def dump_recipe(document: dict[str, Any]) -> str:
+    """YAML text for a recipe document, keys in the order given."""
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=100)
+
+
+def recipe_json(recipe: Recipe) -> str:
+    return json.dumps(recipe.to_dict(), indent=2)

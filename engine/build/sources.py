@@ -1,0 +1,261 @@
+"""Recipe sources: where each alias's files are, read from config files and safetensors
+headers only. Tensor bytes are read later, one tensor at a time, by ``read_tensor``.
+
+Tensors are read with plain positioned reads rather than a memory map, so a build's
+resident memory holds the tensors in hand and not every page of every source it touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import GarageError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_CODES = {dtype: code for code, dtype in ST_DTYPES.items()}
+
+
+class SourceError(GarageError):
+    """A recipe source that cannot be found or read."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes lie in a safetensors file, from its header."""
+
+    file: Path
+    dtype: str  # safetensors code: F32, BF16, ...
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    stop: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Source:
+    """One recipe source, resolved without reading a single weight."""
+
+    alias: str
+    spec: str
+    kind: str  # bundled | folder | hub
+    folder: Path
+    config: Any
+    config_doc: dict[str, Any]
+    tensors: dict[str, TensorEntry] = field(default_factory=dict)
+    tokenizer_digest: str | None = None
+
+    @property
+    def config_hash(self) -> str:
+        from engine.loading import config_hash
+
+        return config_hash(self.config)
+
+    def weight_files(self) -> list[Path]:
+        return sorted({entry.file for entry in self.tensors.values()})
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "kind": self.kind, "folder": str(self.folder),
+                "model_type": self.config_doc.get("model_type"), "config_hash": self.config_hash}
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Tensor entries of one safetensors file, from its JSON header only."""
+    from engine.checks import check_safetensors
+
+    header = check_safetensors(path)
+    with path.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+    base = 8 + header_len
+    return {
+        name: TensorEntry(path, entry["dtype"], tuple(entry["shape"]), base + entry["data_offsets"][0],
+                          base + entry["data_offsets"][1])
+        for name, entry in header.items() if name != "__metadata__"
+    }
+
+
+def read_tensor(entry: TensorEntry) -> torch.Tensor:
+    """One tensor's bytes, read with a positioned read (no memory map, no pickle)."""
+    if entry.dtype not in ST_DTYPES:
+        raise SourceError(f"{entry.file} holds a {entry.dtype} tensor, which the build bench cannot read")
+    with entry.file.open("rb", buffering=0) as handle:
+        payload = bytearray(entry.nbytes)
+        view = memoryview(payload)
+        handle.seek(entry.start)
+        got = 0
+        while got < entry.nbytes:
+            chunk = handle.readinto(view[got:])
+            if not chunk:
+                raise SourceError(f"{entry.file} ended early while reading a tensor; re-download or re-export it")
+            got += chunk
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=ST_DTYPES[entry.dtype])
+    return torch.frombuffer(payload, dtype=ST_DTYPES[entry.dtype]).reshape(entry.shape)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def _tokenizer_digest(folder: Path) -> str | None:
+    """A digest of the tokenizer's vocabulary files, so two sources can be told apart cheaply."""
+    digest = hashlib.sha256()
+    found = False
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model"):
+        path = folder / name
+        if path.is_file():
+            found = True
+            if name == "tokenizer.json":
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                # The vocabulary and merges decide token identity; padding/truncation settings do not.
+                digest.update(json.dumps(doc.get("model"), sort_keys=True).encode())
+                digest.update(json.dumps(doc.get("added_tokens"), sort_keys=True).encode())
+            else:
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16] if found else None
+
+
+def locate_folder(spec: str) -> tuple[str, Path]:
+    """The HF folder a source spec names (bundled GGUF → its safetensors conversion)."""
+    from engine.bundled import BUNDLED, bundled_path
+    from engine.loading import _HUB_ID
+
+    if spec in BUNDLED:
+        path = bundled_path(spec)
+        if path.suffix == ".gguf":
+            from engine.gguf_cache import converted_folder
+
+            # Dequantised once into the conversion cache; later builds only read its header.
+            return "bundled", converted_folder(path).resolve()
+        return "bundled", path
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SourceError(f"folder {path} has no config.json; name a Hugging Face model folder")
+        return "folder", path.resolve()
+    if path.exists():
+        raise SourceError(f"{path} is not a model folder; name a folder holding config.json and *.safetensors")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "~", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            # Only files already in the local hub cache; the build bench never downloads.
+            patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+            folder = snapshot_download(spec, local_files_only=True, allow_patterns=patterns)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
+            raise SourceError(
+                f"hub model '{spec}' is not in the local cache (the build bench works offline); "
+                "download it first or name a local folder"
+            ) from exc
+        return "hub", Path(folder)
+    raise SourceError(f"no such model '{spec}': not a bundled name ({', '.join(BUNDLED)}), an existing folder, "
+                      "or a hub id")
+
+
+def resolve_source(alias: str, spec: str) -> Source:
+    """Config, tensor headers and tokenizer digest of one source; no weight is read."""
+    import transformers
+
+    kind, folder = locate_folder(spec)
+    config_path = folder / "config.json"
+    try:
+        config_doc = json.loads(config_path.read_text(encoding="utf-8"))
+        config = transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SourceError(f"cannot read {config_path}: {str(exc).splitlines()[0]}") from exc
+    tensors: dict[str, TensorEntry] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        listed = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in listed]
+    if not files:
+        raise SourceError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
+    for file in files:
+        tensors.update(read_header(file))
+    return Source(alias, spec, kind, folder, config, config_doc, tensors, _tokenizer_digest(folder))
+
+
+def checkpoint_renames(model: Any) -> list[tuple[re.Pattern[str], str]]:
+    """transformers' own checkpoint-key renames for ``model`` (e.g. GPT-NeoX's ``embed_out``
+    is ``lm_head`` in the model); weight-fusing conversions are not renames and are skipped."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:
+        return []
+    renames = []
+    for transform in get_model_conversion_mapping(model):
+        if type(transform) is WeightRenaming:
+            for pattern in transform.source_patterns:
+                renames.append((re.compile(pattern), transform.target_patterns[0]))
+    return renames
+
+
+def source_state_names(source: Source, model_keys: list[str], base_path: str,
+                       renames: Sequence[tuple[re.Pattern[str], str]] = ()) -> dict[str, str]:
+    """Model state-dict name → checkpoint tensor name, through transformers' key renames and
+    tolerating a base prefix that one side lacks (a ``BertModel`` checkpoint has no ``bert.``
+    prefix, a ``BertForMaskedLM`` one has)."""
+    renamed: dict[str, str] = {}
+    for name in source.tensors:
+        new_name = name
+        for pattern, target in renames:
+            new_name = pattern.sub(target, new_name)
+        renamed.setdefault(new_name, name)
+    mapping: dict[str, str] = {}
+    prefix = f"{base_path}." if base_path else ""
+    for key in model_keys:
+        candidates = [key]
+        if prefix and key.startswith(prefix):
+            candidates.append(key[len(prefix):])
+        elif prefix:
+            candidates.append(prefix + key)
+        for candidate in candidates:
+            if candidate in renamed:
+                mapping[key] = renamed[candidate]
+                break
+    return mapping
+
+
+def digest_sources(sources: dict[str, Source]) -> dict[str, dict[str, str]]:
+    """sha256 of every weight file of every source (recorded at build time)."""
+    return {alias: {file.name: file_digest(file) for file in source.weight_files()}
+            for alias, source in sources.items()}
+
+
+def os_rss_note() -> int:
+    """Peak resident set size of this process in bytes (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if os.name == "posix" else 0
