@@ -36,6 +36,8 @@ class Intervention:
     value: Tensor | None = None
     positions: list[int] | None = None
     module: nn.Module | None = None
+    # Data a tensor was made from (a steer's prompts), so a session can rebuild the tensor.
+    origin: dict[str, Any] | None = None
 
     def describe(self) -> str:
         if self.kind == "ablate":
@@ -59,6 +61,9 @@ class Intervention:
             doc["strength"] = self.strength
         if self.positions is not None:
             doc["positions"] = list(self.positions)
+        if self.origin is not None:
+            doc["origin"] = {key: list(value) if isinstance(value, (list, tuple)) else value
+                             for key, value in self.origin.items()}
         return doc
 
 
@@ -76,10 +81,37 @@ def scale(address: str, factor: float) -> Intervention:
     return Intervention("scale", address, factor=float(factor))
 
 
-def steer(address: str, vector: Tensor, strength: float = 1.0, positions: Sequence[int] | None = None) -> Intervention:
-    """Add ``strength * vector`` to a residual point (a layer means its output)."""
+def steer(address: str, vector: Tensor, strength: float = 1.0, positions: Sequence[int] | None = None,
+          origin: dict[str, Any] | None = None) -> Intervention:
+    """Add ``strength * vector`` to a residual point (a layer means its output).
+
+    ``origin`` records what the vector was made from (see ``steer_from_prompts``) so a session
+    can store the steer as data and recompute the vector on restore.
+    """
     return Intervention("steer", address, vector=vector, strength=float(strength),
-                        positions=list(positions) if positions is not None else None)
+                        positions=list(positions) if positions is not None else None, origin=origin)
+
+
+def steer_from_prompts(loaded: Any, address: str, positive: Sequence[str], negative: Sequence[str],
+                       strength: float = 4.0) -> Intervention:
+    """A steer on layer ``address`` whose vector is the positive-minus-negative residual mean there.
+
+    The vector comes from ``engine.analyzers.steering.steering_vector`` at the layer's output;
+    the prompts travel in ``origin``, so the same call rebuilds an equal vector later.
+    """
+    from engine.analyzers.steering import steering_vector  # it imports this module
+
+    target = resolve(loaded.anatomy, address)
+    if target.part.kind != "layer" or target.point not in (None, "out"):
+        raise InterventionError(
+            f"cannot steer '{address}' from prompts: pick a layer such as L10 (its output is steered)"
+        )
+    if not math.isfinite(float(strength)):
+        raise InterventionError(f"steering strength for '{address}' must be a finite number, got {strength}")
+    positive, negative = [str(p) for p in positive], [str(n) for n in negative]
+    layer = int(target.part.address.removeprefix("L"))
+    vector = steering_vector(loaded, layer, positive, negative).vector
+    return steer(target.part.address, vector, strength, origin={"positive": positive, "negative": negative})
 
 
 def patch(address: str, value: Tensor, positions: Sequence[int] | None = None) -> Intervention:

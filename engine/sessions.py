@@ -67,8 +67,12 @@ class Session:
         return self.models[0] if self.models else None
 
 
-def intervention_from_dict(document: dict[str, Any]) -> Intervention:
-    """Rebuild an intervention from ``Intervention.to_dict()``; tensor-carrying kinds are refused."""
+def intervention_from_dict(document: dict[str, Any], loaded: Any = None) -> Intervention:
+    """Rebuild an intervention from ``Intervention.to_dict()``.
+
+    A steer is rebuilt from its ``origin`` (positive and negative prompts) by recomputing the
+    vector on ``loaded``, the open model; other tensor-carrying kinds are refused.
+    """
     from engine import interventions
 
     kind = document.get("kind")
@@ -82,14 +86,41 @@ def intervention_from_dict(document: dict[str, Any]) -> Intervention:
         if not isinstance(factor, (int, float)):
             raise SessionError(f"scale intervention on {address} needs a numeric 'factor'")
         return interventions.scale(address, float(factor))
+    if kind == "steer" and document.get("origin") is not None:
+        return _steer_from_document(document, address, loaded)
     raise SessionError(
         f"intervention '{kind}' on {address} carries a tensor that sessions do not store; "
-        "remove it from the session (only ablate and scale restore)"
+        "remove it from the session (ablate, scale and steers made from prompts restore)"
     )
 
 
-def interventions_from_session(session: Session) -> list[Intervention]:
-    return [intervention_from_dict(item) for item in session.interventions]
+def _steer_from_document(document: dict[str, Any], address: str, loaded: Any) -> Intervention:
+    from engine.interventions import steer_from_prompts
+
+    origin = document["origin"]
+    texts = (origin.get("positive"), origin.get("negative")) if isinstance(origin, dict) else (None, None)
+    if not all(isinstance(t, list) and t and all(isinstance(x, str) for x in t) for t in texts):
+        raise SessionError(f"steer on {address} needs an 'origin' with non-empty 'positive' and 'negative' "
+                           "lists of prompts")
+    strength = document.get("strength", 1.0)
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool):
+        raise SessionError(f"steer on {address} needs a numeric 'strength'")
+    if loaded is None or getattr(loaded, "structure_only", False):
+        raise SessionError(f"steer on {address} is rebuilt from its prompts and needs a model with weights open")
+    positions = document.get("positions")
+    if positions is not None and not (isinstance(positions, list) and all(type(p) is int for p in positions)):
+        raise SessionError(f"steer on {address} has 'positions' that are not a list of integers")
+    try:
+        item = steer_from_prompts(loaded, address, texts[0], texts[1], float(strength))
+    except GarageError as exc:
+        raise SessionError(f"steer on {address} cannot be rebuilt: {exc}") from None
+    item.positions = positions
+    return item
+
+
+def interventions_from_session(session: Session, loaded: Any = None) -> list[Intervention]:
+    """Every intervention of ``session``; steers need ``loaded`` to recompute their vectors."""
+    return [intervention_from_dict(item, loaded) for item in session.interventions]
 
 
 def session_from_garage(garage: Garage, *, pane: str = "bay", theme: str | None = None,

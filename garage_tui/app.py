@@ -1,7 +1,9 @@
-"""The garage's Textual shell: panes, keys, and the workers that drive the engine.
+"""The garage's Textual shell: panes, keys, and the state the handlers change.
 
-Services arrive through the constructor (see ``factory.build_app``). Nothing here imports
-torch at module level: the model opens in a thread worker after the first frame.
+Services arrive through the constructor (see ``factory.build_app``). The workers live in
+``jobs``, the bay's intervention keys in ``edits``, session save/restore in ``session_actions``
+and the palette and help in ``palette``. Nothing here imports torch at module level: the model
+opens in a thread worker after the first frame.
 """
 
 from __future__ import annotations
@@ -9,27 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual import on
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, ProgressBar, Sparkline, Static
-from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine.sessions import PANES, Session, SessionError, load_session, save_session
-from engine.storage import garage_home
-from garage_tui.messages import (
-    JobCancelled,
-    JobFailed,
-    JobProgressed,
-    ModelLoaded,
-    RunFinished,
-    StructureLoaded,
-    error_line,
-)
+from engine.sessions import PANES, Session
+from garage_tui.edits import STEERABLE, EditsMixin
+from garage_tui.jobs import JobsMixin
+from garage_tui.messages import ModelLoaded, RunFinished, StructureLoaded, error_line
+from garage_tui.palette import PaletteMixin
 from garage_tui.screens.ask import AskScreen, ConfirmScreen
-from garage_tui.screens.help import HelpScreen
+from garage_tui.session_actions import SessionMixin
 from garage_tui.settings import Settings
 from garage_tui.themes import load_themes
 from garage_tui.widgets.bay_pane import ABLATABLE, SCALABLE, BayPane, detail_text
@@ -41,10 +35,9 @@ from garage_tui.widgets.prompt_bar import PromptInput
 
 PANE_TITLES = {"bay": "Engine bay", "diagnostics": "Diagnostics", "parts": "Parts bin", "bench": "Build bench"}
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
-SCALE_FACTOR = 0.5
 
 
-class GarageApp(App[None]):
+class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
     """Model Garage: engine bay, diagnostics, parts bin and build bench, all by keyboard."""
 
     CSS_PATH = "app.tcss"
@@ -159,23 +152,6 @@ class GarageApp(App[None]):
             return None
         return loaded.anatomy.by_address.get(self.garage.selected)
 
-    def intervention_rows(self) -> list[dict[str, Any]]:
-        if self.garage is None:
-            return []
-        return [dict(item.to_dict(), describe=item.describe()) for item in self.garage.interventions]
-
-    def marks(self) -> dict[str, list[str]]:
-        marks: dict[str, list[str]] = {}
-        for item in self.intervention_rows():
-            if item["kind"] == "ablate":
-                mark = "ablated" if item.get("mode") == "zero" else "mean-ablated"
-            elif item["kind"] == "scale":
-                mark = f"×{item.get('factor', 1):g}"
-            else:
-                mark = item["kind"]
-            marks.setdefault(item["address"], []).append(mark)
-        return marks
-
     def set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)
 
@@ -224,115 +200,7 @@ class GarageApp(App[None]):
             self.action_run_prompt()
         self.refresh_bindings()
 
-    # ---- workers ------------------------------------------------------------------------
-    def _progress_callback(self, job: str):
-        def report(stage: str, fraction: float | None) -> None:
-            self.post_message(JobProgressed(job, stage, fraction))
-
-        return report
-
-    def begin_job(self, job: str, text: str) -> None:
-        self.job = job
-        bar = self.query_one("#progress", ProgressBar)
-        bar.display = True
-        bar.update(total=None, progress=0)
-        self.set_status(text)
-        self.refresh_bindings()
-
-    def end_job(self, text: str = "") -> None:
-        self.job = None
-        self.query_one("#progress", ProgressBar).display = False
-        self.set_status(text)
-        self.refresh_bindings()
-
-    def open_model(self, spec: str, device: str = "cpu") -> None:
-        self.begin_job("load", f"opening {spec}…")
-        self._open_model(spec, device, self._structure_first(spec))
-
-    def _structure_first(self, spec: str) -> bool:
-        """Big checkpoints show their tree from config.json first, then load weights."""
-        path = Path(spec).expanduser()
-        try:
-            files = [path] if path.is_file() else list(path.glob("*.safetensors")) if path.is_dir() else []
-            size = sum(f.stat().st_size for f in files)
-        except OSError:
-            return False
-        return size > self.settings.structure_first_gb * 1e9
-
-    @work(thread=True, exclusive=True, group="model")
-    def _open_model(self, spec: str, device: str, structure_first: bool) -> None:
-        worker = get_current_worker()
-        try:
-            from engine.loading import open_model
-
-            if structure_first:
-                shell = open_model(spec, device=device, structure_only=True)
-                self.post_message(StructureLoaded(shell.name, shell))
-            loaded = open_model(spec, device=device, progress=self._progress_callback("load"),
-                                cancel=worker.cancelled_event)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-            self.post_message(JobCancelled("load") if worker.is_cancelled else JobFailed("load", error_line(exc)))
-            return
-        if not worker.is_cancelled:
-            self.post_message(ModelLoaded(loaded.name, loaded))
-
-    @work(thread=True, exclusive=True, group="run")
-    def _run_prompt(self, prompt: str, selected: str | None, interventions: list[Any]) -> None:
-        worker = get_current_worker()
-        try:
-            report = self._compute_run(prompt, selected, interventions, worker)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(JobCancelled("run") if worker.is_cancelled else JobFailed("run", error_line(exc)))
-            return
-        if report is None or worker.is_cancelled:
-            self.post_message(JobCancelled("run"))
-            return
-        self.post_message(RunFinished(report))
-
-    def _compute_run(self, prompt: str, selected: str | None, interventions: list[Any],
-                     worker: Worker) -> dict[str, Any] | None:
-        """Every number the panes draw for one prompt, from engine calls only."""
-        from engine.runner import predict
-        from engine.stats import residual_norms
-
-        loaded = self.loaded
-        steps = 4 if interventions else 2
-        report: dict[str, Any] = {"prompt": prompt, "model": loaded.name, "selected": selected,
-                                  "interventions": [i.describe() for i in interventions]}
-
-        def step(index: int, stage: str) -> bool:
-            self.post_message(JobProgressed("run", stage, index / steps))
-            return not worker.is_cancelled
-
-        if loaded.is_causal_lm:
-            result = predict(loaded, prompt, interventions=interventions, top_k=5, cancel=worker.cancelled_event)
-            report["top"] = [(guess.text, guess.prob) for guess in result.top]
-            report["tokens"] = len(result.token_ids)
-        if not step(1, "residual norms"):
-            return None
-        report["norms"] = residual_norms(loaded, prompt, interventions)
-        if interventions:
-            if not step(2, "baseline without edits"):
-                return None
-            if loaded.is_causal_lm:
-                baseline = predict(loaded, prompt, top_k=5, cancel=worker.cancelled_event)
-                report["baseline_top"] = [(g.text, g.prob) for g in baseline.top]
-            if not step(3, "baseline norms"):
-                return None
-            report["baseline_norms"] = residual_norms(loaded, prompt, ())
-        report["diagnostics"] = DiagnosticsPane.compute(loaded, prompt, selected, interventions, worker)
-        return report
-
     # ---- message handlers: the only place state changes --------------------------------
-    @on(JobProgressed)
-    def _on_progress(self, message: JobProgressed) -> None:
-        bar = self.query_one("#progress", ProgressBar)
-        if message.fraction is None:
-            bar.update(total=None)
-        else:
-            bar.update(total=100, progress=round(message.fraction * 100))
-        self.set_status(f"{message.job}: {message.stage}")
-
     @on(StructureLoaded)
     def _on_structure(self, message: StructureLoaded) -> None:
         self._install_model(message.loaded)
@@ -343,14 +211,14 @@ class GarageApp(App[None]):
         self._install_model(message.loaded)
         self.end_job(f"{message.name} open")
         session, self.pending_session = self.pending_session, None
-        if session is not None:
-            self._restore_into_garage(session)
-        elif self.garage.selected is None:
+        # a session's edits are rebuilt in a worker (a steer recomputes its vector); it runs the prompt
+        restoring = self._restore_into_garage(session) if session is not None else False
+        if session is None and self.garage.selected is None:
             self.garage.selected = "model"
         self.refresh_bay(rebuild=True)
         if self.garage.selected:
             self.query_one(PartTree).select_address(self.garage.selected)
-        if self.has_weights and self.prompt_text:
+        if self.has_weights and self.prompt_text and not restoring:
             self.action_run_prompt()
 
     def _install_model(self, loaded: Any) -> None:
@@ -362,37 +230,12 @@ class GarageApp(App[None]):
         self.garage.active = loaded.name
         self.refresh_bay(rebuild=True)
 
-    def _restore_into_garage(self, session: Session) -> None:
-        from engine.sessions import intervention_from_dict
-
-        self.garage.prompt = session.prompt
-        self.garage.selected = session.selected if session.selected in self.loaded.anatomy.by_address else "model"
-        self.garage.interventions = []
-        for item in session.interventions:
-            try:
-                self.garage.interventions.append(intervention_from_dict(item))
-            except SessionError as exc:
-                self.notify(str(exc), severity="error")
-        self.recipe = session.recipe
-        if session.recipe is not None:
-            self.query_one(BenchPane).restore_recipe(session.recipe)
-
     @on(RunFinished)
     def _on_run_finished(self, message: RunFinished) -> None:
         self.last_report = message.report
         self.end_job(f"ran “{message.report['prompt']}”")
         self.refresh_bay()
         self.query_one(DiagnosticsPane).show_report(message.report)
-
-    @on(JobFailed)
-    def _on_failed(self, message: JobFailed) -> None:
-        self.end_job(f"{message.job} failed")
-        self.notify(message.message, title=f"{message.job} failed", severity="error", timeout=8)
-
-    @on(JobCancelled)
-    def _on_cancelled(self, message: JobCancelled) -> None:
-        self.end_job(f"{message.job} cancelled")
-        self.notify(f"{message.job} cancelled", severity="warning")
 
     @on(PartTree.NodeHighlighted)
     def _on_part_highlighted(self, event: PartTree.NodeHighlighted) -> None:
@@ -422,9 +265,12 @@ class GarageApp(App[None]):
             return self.job is not None
         if action == "toggle_intervention":
             kinds = SCALABLE if parameters and parameters[0] == "scale" else ABLATABLE
-            return self.has_weights and part is not None and part.kind in kinds
+            return self.has_weights and part is not None and part.kind in kinds and self.job != "restore"
+        if action == "steer_part":
+            # layers only, like a/m/s on their kinds; computing the vector needs the model to itself
+            return self.has_weights and part is not None and part.kind in STEERABLE and self.job is None
         if action == "clear_interventions":
-            return self.garage is not None and bool(self.garage.interventions)
+            return self.garage is not None and bool(self.garage.interventions) and self.job != "restore"
         if action == "save_session":
             return self.loaded is not None
         if action in ("copy_selection", "goto_part"):
@@ -449,41 +295,6 @@ class GarageApp(App[None]):
         self.garage.prompt = prompt
         self.begin_job("run", f"running “{prompt}”…")
         self._run_prompt(prompt, self.garage.selected, list(self.garage.interventions))
-
-    def action_cancel_job(self) -> None:
-        """Esc: every running job gets its cancel event set; the engine stops at its next check."""
-        if self.job is None:
-            return
-        for worker in list(self.workers):
-            if worker.is_running and worker.group != "bench-validate":
-                worker.cancel()
-        self.set_status(f"cancelling {self.job}…")
-
-    def action_toggle_intervention(self, kind: str) -> None:
-        from engine import interventions
-
-        part = self.selected_part
-        if part is None:
-            return
-        try:
-            if kind == "scale":
-                item = interventions.scale(part.address, SCALE_FACTOR)
-            else:
-                item = interventions.ablate(part.address, "mean" if kind == "mean" else "zero")
-            from engine.interventions import edits_for
-
-            edits_for(self.loaded.anatomy, item)  # refuses an impossible edit now, not mid-run
-        except Exception as exc:  # noqa: BLE001
-            self.notify(error_line(exc), severity="error")
-            return
-        active = self.garage.toggle(item)
-        self.notify(f"{'on' if active else 'off'}: {item.describe()} (r re-runs)")
-        self.refresh_bay()
-
-    def action_clear_interventions(self) -> None:
-        self.garage.interventions.clear()
-        self.notify("all interventions removed")
-        self.refresh_bay()
 
     def action_copy_selection(self) -> None:
         part = self.selected_part or (self.loaded.anatomy.root if self.loaded else None)
@@ -512,55 +323,6 @@ class GarageApp(App[None]):
     def action_extract_part(self) -> None:
         self.query_one(PartsPane).extract(self.loaded, self.selected_part.address)
 
-    def default_session_path(self) -> Path:
-        if self.session_path is not None and garage_home() in self.session_path.resolve().parents:
-            return self.session_path
-        stem = self.session_path.stem if self.session_path else "workbench"
-        return garage_home() / "sessions" / f"{stem}.json"
-
-    def current_session(self) -> Session:
-        from engine.sessions import session_from_garage
-
-        self.garage.prompt = self.prompt_text
-        return session_from_garage(self.garage, pane=self.pane, theme=self.theme,
-                                   recipe=self.query_one(BenchPane).recipe_document())
-
-    def action_save_session(self) -> None:
-        def save(answer: str | None) -> None:
-            if not answer:
-                return
-            try:
-                path = save_session(Path(answer), self.current_session())
-            except Exception as exc:  # noqa: BLE001
-                self.notify(error_line(exc), severity="error")
-                return
-            self.session_path = path
-            self.notify(f"session saved to {path}")
-
-        self.push_screen(AskScreen("Save session to:", str(self.default_session_path())), save)
-
-    def action_open_session(self) -> None:
-        def restore(answer: str | None) -> None:
-            if answer:
-                self.restore_session_file(Path(answer))
-
-        self.push_screen(AskScreen("Open session file:", str(garage_home() / "sessions") + "/"), restore)
-
-    def restore_session_file(self, path: Path) -> None:
-        """Bring back a saved workbench: theme, pane, prompt, model, selection, edits, recipe."""
-        try:
-            session = load_session(path)
-        except SessionError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.session_path = path
-        if session.theme in self.available_themes:
-            self.theme = session.theme
-        self.query_one("#prompt", Input).value = session.prompt
-        self.show_pane(session.pane)
-        self.pending_session = session
-        self._start()
-
     def action_next_theme(self) -> None:
         names = self.theme_names or ["garage"]
         index = names.index(self.theme) if self.theme in names else -1
@@ -575,11 +337,6 @@ class GarageApp(App[None]):
             except Exception as exc:  # noqa: BLE001 - a read-only home must not stop the garage
                 self.notify(f"theme not remembered: {error_line(exc)}", severity="warning")
 
-    def action_show_help(self) -> None:
-        from garage_tui.keymap import binding_rows
-
-        self.push_screen(HelpScreen(binding_rows(self)))
-
     def action_quit_garage(self) -> None:
         if self.job is None:
             self.exit()
@@ -591,18 +348,3 @@ class GarageApp(App[None]):
                 self.exit()
 
         self.push_screen(ConfirmScreen(f"A {self.job} job is running. Quit anyway?"), answer)
-
-    def get_system_commands(self, screen: Screen) -> Any:
-        """Every action of the garage, for the ctrl+p palette."""
-        yield from super().get_system_commands(screen)
-        from garage_tui.keymap import palette_commands
-
-        for title, help_text, callback in palette_commands(self):
-            yield SystemCommand(title, help_text, callback)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR:
-            # Workers catch their own errors; this is the last guard against a traceback.
-            self.end_job("job failed")
-            error = event.worker.error or RuntimeError("a background job failed")
-            self.notify(error_line(error), severity="error")

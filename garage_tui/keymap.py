@@ -38,6 +38,7 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     """Where bindings live, in the order the help screen lists them."""
     from garage_tui.screens.ask import AskScreen, ConfirmScreen
     from garage_tui.screens.help import HelpScreen
+    from garage_tui.screens.steer import SteerScreen
     from garage_tui.widgets.bay_pane import BayPane
     from garage_tui.widgets.bench_pane import BenchPane
     from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
@@ -48,7 +49,8 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     app_class = app if isinstance(app, type) else type(app)
     return [("everywhere", app_class), ("engine bay", BayPane), ("part tree", PartTree),
             ("diagnostics", DiagnosticsPane), ("parts bin", PartsPane), ("build bench", BenchPane),
-            ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen)]
+            ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen),
+            ("steer", SteerScreen)]
 
 
 def garage_bindings(app: Any) -> list[tuple[str, Any, str]]:
@@ -75,7 +77,7 @@ def palette_commands(app: Any) -> list[tuple[str, str, Any]]:
     commands: list[tuple[str, str, Any]] = []
     owners = dict(_binding_sources(app))
     for where, binding, keys in garage_bindings(app):
-        if where in ("help", "confirm", "question", "prompt", "part tree"):
+        if where in ("help", "confirm", "question", "steer", "prompt", "part tree"):
             continue
         action, owner = binding.action, owners.get(where)
         commands.append((f"{binding.description} ({where})", f"keys: {keys}",

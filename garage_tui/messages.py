@@ -94,3 +94,18 @@ class AnalysisFinished(Message):
 
     kind: str
     report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SteerComputed(Message):
+    """A steering vector was computed from prompts; ``intervention`` is the steer to toggle."""
+
+    intervention: Any = None
+
+
+@dataclass
+class InterventionsRestored(Message):
+    """A session's edits were rebuilt on the open model; ``problems`` are the ones refused."""
+
+    interventions: list[Any] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)

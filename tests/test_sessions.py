@@ -96,3 +96,43 @@ def test_reading_a_session_does_not_import_torch(tmp_path):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_steer_origin_round_trips_and_recomputes_the_vector(smollm2, tmp_path):
+    import torch
+
+    from engine.analyzers.steering import steering_vector
+    from engine.garage import Garage
+    from engine.interventions import steer_from_prompts
+
+    item = steer_from_prompts(smollm2, "L6", ["I love it", "Wonderful"], ["I hate it"], 3.0)
+    document = item.to_dict()
+    assert document == {"kind": "steer", "address": "L6", "strength": 3.0,
+                        "origin": {"positive": ["I love it", "Wonderful"], "negative": ["I hate it"]}}
+    path = save_session(tmp_path / "s.json", Session(interventions=[document]))
+    [stored] = load_session(path).interventions
+    rebuilt = intervention_from_dict(stored, smollm2)
+    assert rebuilt.to_dict() == document
+    expected = steering_vector(smollm2, 6, ["I love it", "Wonderful"], ["I hate it"]).vector
+    assert torch.equal(rebuilt.vector, expected) and rebuilt.vector.norm() > 1.0
+    # the garage's toggle sees the rebuilt steer as the same edit, and a different origin as another
+    garage = Garage(interventions=[item])
+    assert garage.toggle(rebuilt) is False and garage.interventions == []
+    other = intervention_from_dict(dict(document, origin={"positive": ["Wonderful"], "negative": ["I hate it"]}),
+                                   smollm2)
+    assert not torch.equal(other.vector, expected)
+    assert garage.toggle(item) is True and garage.toggle(other) is True and len(garage.interventions) == 2
+
+
+def test_steer_origins_that_cannot_be_rebuilt_are_refused(smollm2):
+    origin = {"positive": ["I love it"], "negative": ["I hate it"]}
+    with pytest.raises(SessionError, match="needs a model with weights open"):
+        intervention_from_dict({"kind": "steer", "address": "L3", "strength": 2.0, "origin": origin})
+    with pytest.raises(SessionError, match="non-empty 'positive' and 'negative'"):
+        intervention_from_dict({"kind": "steer", "address": "L3", "origin": {"positive": ["x"]}}, smollm2)
+    with pytest.raises(SessionError, match="numeric 'strength'"):
+        intervention_from_dict({"kind": "steer", "address": "L3", "strength": "big", "origin": origin}, smollm2)
+    with pytest.raises(SessionError, match="cannot be rebuilt: cannot steer 'L3.mlp'"):
+        intervention_from_dict({"kind": "steer", "address": "L3.mlp", "origin": origin}, smollm2)
+    with pytest.raises(SessionError, match="cannot be rebuilt: .*L99"):
+        intervention_from_dict({"kind": "steer", "address": "L99", "origin": origin}, smollm2)

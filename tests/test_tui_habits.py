@@ -81,6 +81,12 @@ def test_every_binding_in_help_fires(smollm2, tmp_path, monkeypatch):
                                 ("x", "extract_part")):
                 await press(pilot, key, action)
             await wait_idle(pilot)
+            assert not app.check_action("steer_part", ())  # a head cannot be steered: v is off
+            await goto(pilot, "L10")
+            await press(pilot, "v", "steer_part")  # a layer: the steer dialog
+            assert app.screen.__class__.__name__ == "SteerScreen"
+            await press(pilot, "escape", "cancel")
+            await goto(pilot, "L10.attn.h3")
             await press(pilot, "slash", "goto_part")
             await press(pilot, "escape", "cancel")  # the question screen
             # app-wide keys
@@ -205,7 +211,8 @@ def test_palette_offers_every_action(smollm2, tmp_path):
             await wait_idle(pilot)
             titles = [command.title for command in app.get_system_commands(app.screen)]
             for expected in ("Ablate (engine bay)", "Save (everywhere)", "Open session (everywhere)",
-                             "Extract (engine bay)", "Verify (parts bin)", "Theme: garage-light", "Run (everywhere)"):
+                             "Extract (engine bay)", "Steer (engine bay)", "Verify (parts bin)",
+                             "Theme: garage-light", "Run (everywhere)"):
                 assert expected in titles
             await pilot.press("ctrl+p")
             await pilot.pause()

@@ -64,6 +64,7 @@ class BayPane(Vertical):
         Binding("a", "app.toggle_intervention('ablate')", "Ablate", id="bay.ablate"),
         Binding("m", "app.toggle_intervention('mean')", "Mean-ablate", id="bay.mean_ablate"),
         Binding("s", "app.toggle_intervention('scale')", "Scale ×0.5", id="bay.scale"),
+        Binding("v", "app.steer_part", "Steer", id="bay.steer"),
         Binding("c", "app.clear_interventions", "Clear edits", id="bay.clear"),
         Binding("x", "app.extract_part", "Extract", id="bay.extract"),
         Binding("slash", "app.goto_part", "Go to", id="bay.goto"),
