@@ -3,7 +3,7 @@
 Targets (issue 2): capturing every residual ≤ 1.05× plain forward; one head ablation ≤ 1.03×.
 Runs are interleaved and the median of each is compared, so drift hits all variants alike.
 
-    .venv/bin/python bench/bench_hooks.py [--repeats N]
+    .venv/bin/python bench/bench_hooks.py [--repeats N]   (15 by default: 2 shared cores are noisy)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from engine.loading import open_model  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = open_model("smollm2-135m")
