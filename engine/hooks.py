@@ -96,7 +96,9 @@ def head_view(target: Target, anatomy: Anatomy, edit: Edit) -> Edit:
 
 
 @dataclass
-class _SiteHooks:
+class SiteHooks:
+    """Everything attached at one site: edits in order, then observers of the final value."""
+
     site: Site
     edits: list[Edit] = field(default_factory=list)
     observers: list[Callable[[Tensor], None]] = field(default_factory=list)
@@ -133,7 +135,8 @@ class Tap:
         self.calls[address] = self.calls.get(address, 0) + 1
 
 
-def _pre_hook(bundle: _SiteHooks):
+def pre_hook(bundle: SiteHooks):
+    """A forward pre-hook that runs ``bundle`` on the module's first input."""
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if args:
             updated = bundle.apply(args[0])
@@ -145,7 +148,8 @@ def _pre_hook(bundle: _SiteHooks):
     return hook
 
 
-def _post_hook(bundle: _SiteHooks):
+def post_hook(bundle: SiteHooks):
+    """A forward hook that runs ``bundle`` on the module's output (or one item of it)."""
     index = bundle.site.output_index
 
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -182,13 +186,11 @@ def hooked(
     attention-implementation change is undone on exit, also when the block raises.
     """
     tap = Tap()
-    bundles: dict[Site, _SiteHooks] = {}
+    bundles: dict[Site, SiteHooks] = {}
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    handles = []
-    previous_impl = None
 
-    def bundle_for(site: Site) -> _SiteHooks:
-        return bundles.setdefault(site, _SiteHooks(site))
+    def bundle_for(site: Site) -> SiteHooks:
+        return bundles.setdefault(site, SiteHooks(site))
 
     capture_targets = [resolve_point(anatomy, address) for address in capture]
     tap.aliases.update({given: target.address for given, target in zip(capture, capture_targets, strict=True)})
@@ -207,24 +209,38 @@ def hooked(
             address = target.address
             observer = head_view(target, anatomy, lambda value, a=address: tap._record(a, value))
             bundle_for(site_for(anatomy, target)).observers.append(observer)
-        if _needs_eager(capture_targets):
+        with installed(model, bundles, eager=_needs_eager(capture_targets)) as handles:
+            if cancel is not None:
+                handles.extend(_cancel_checks(model, anatomy, cancel))
+            yield tap
+    finally:
+        for parent, attr, original in reversed(swaps):
+            setattr(parent, attr, original)
+
+
+@contextlib.contextmanager
+def installed(model: nn.Module, bundles: dict[Site, SiteHooks], *, eager: bool = False) -> Iterator[list]:
+    """Register ``bundles`` on ``model`` for the block (eager attention if asked), then undo it all.
+
+    Yields the list of hook handles; a caller may append more and they are removed too.
+    """
+    handles: list = []
+    previous_impl = None
+    try:
+        if eager:
             previous_impl = model.config._attn_implementation
             if previous_impl != "eager":
                 model.set_attn_implementation("eager")
-        if cancel is not None:
-            handles.extend(_cancel_checks(model, anatomy, cancel))
         for site, bundle in bundles.items():
             module = model.get_submodule(site.module_path)
             if site.phase == "pre":
-                handles.append(module.register_forward_pre_hook(_pre_hook(bundle), with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(pre_hook(bundle), with_kwargs=True))
             else:
-                handles.append(module.register_forward_hook(_post_hook(bundle)))
-        yield tap
+                handles.append(module.register_forward_hook(post_hook(bundle)))
+        yield handles
     finally:
         for handle in handles:
             handle.remove()
-        for parent, attr, original in reversed(swaps):
-            setattr(parent, attr, original)
         if previous_impl is not None and previous_impl != "eager":
             model.set_attn_implementation(previous_impl)
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from engine.addresses import Target, resolve_point
 from engine.anatomy import Anatomy
 from engine.errors import GarageError
-from engine.hooks import Site, _post_hook, _pre_hook, _SiteHooks, head_view, site_for
+from engine.hooks import Site, SiteHooks, head_view, installed, site_for
 from engine.loading import Cancelled, LoadedModel
 
 Observer = Callable[[Tensor], None]
@@ -37,36 +37,19 @@ def site_hooks(
     Head addresses are lifted with ``head_view`` so an observer sees one head's slice.
     Switches to eager attention while a ``pattern`` point is observed; always restores.
     """
-    bundles: dict[Site, _SiteHooks] = {}
+    bundles: dict[Site, SiteHooks] = {}
     targets = []
     for target, edit in edits:
         site = site_for(anatomy, target)
-        bundles.setdefault(site, _SiteHooks(site)).edits.append(edit)
+        bundles.setdefault(site, SiteHooks(site)).edits.append(edit)
     for address, observe in (observers or {}).items():
         target = resolve_point(anatomy, address)
         targets.append(target)
         site = site_for(anatomy, target)
         # after the raw edits, an observer is an edit returning None, lifted to the head's slice where needed
-        bundles.setdefault(site, _SiteHooks(site)).edits.append(head_view(target, anatomy, _returning_none(observe)))
-    handles = []
-    previous_impl = None
-    try:
-        if any(t.point == "pattern" for t in targets):
-            previous_impl = model.config._attn_implementation  # type: ignore[union-attr]
-            if previous_impl != "eager":
-                model.set_attn_implementation("eager")  # type: ignore[operator]
-        for site, bundle in bundles.items():
-            module = model.get_submodule(site.module_path)
-            if site.phase == "pre":
-                handles.append(module.register_forward_pre_hook(_pre_hook(bundle), with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(_post_hook(bundle)))
+        bundles.setdefault(site, SiteHooks(site)).edits.append(head_view(target, anatomy, _returning_none(observe)))
+    with installed(model, bundles, eager=any(t.point == "pattern" for t in targets)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        if previous_impl is not None and previous_impl != "eager":
-            model.set_attn_implementation(previous_impl)  # type: ignore[operator]
 
 
 def _returning_none(observe: Observer) -> Edit:
