@@ -106,7 +106,7 @@ def _blend(recipe: Recipe, entry: dict[str, Any], path: str) -> Mix | None:
     mix = Mix(refs, method, path=path)  # type: ignore[arg-type]
     if method == "linear":
         weights = entry.get("weights", [1.0 / len(refs)] * len(refs))
-        numeric = isinstance(weights, list) and all(isinstance(w, (int, float)) for w in weights)
+        numeric = isinstance(weights, list) and all(_is_number(w) for w in weights)
         if not numeric or len(weights) != len(refs):
             recipe.problems.append(recipe.problem(f"{path}.weights", f"linear blend needs {len(refs)} numeric "
                                                                      "weights, one per layer"))
@@ -117,7 +117,7 @@ def _blend(recipe: Recipe, entry: dict[str, Any], path: str) -> Mix | None:
         if len(refs) != 2:
             recipe.problems.append(recipe.problem(f"{path}.blend", "slerp blends exactly two layers"))
             return None
-        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+        if not _is_number(t) or not 0.0 <= float(t) <= 1.0:
             recipe.problems.append(recipe.problem(f"{path}.t", f"slerp t must be a number between 0 and 1, got {t!r}"))
             return None
         mix.t = float(t)
@@ -286,3 +286,8 @@ def dump_recipe(document: dict[str, Any]) -> str:
 
 def recipe_json(recipe: Recipe) -> str:
     return json.dumps(recipe.to_dict(), indent=2)
+
+
+def _is_number(value: object) -> bool:
+    # YAML's true/false are ints in Python; a recipe weight of `true` is a typo, not 1.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
