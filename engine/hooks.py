@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from engine.addresses import Target, resolve, resolve_point
 from engine.anatomy import Anatomy
 from engine.errors import AddressError, Cancelled, InterventionError
-from engine.interventions import Intervention, edits_for
+from engine.interventions import Intervention, RunMask, edits_for
 from engine.tensors import first_tensor, replace_first, split_heads
 
 Edit = Callable[[Tensor], Tensor | None]
@@ -188,6 +188,7 @@ def hooked(
     tap = Tap()
     bundles: dict[Site, SiteHooks] = {}
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    mask = RunMask()
 
     def bundle_for(site: Site) -> SiteHooks:
         return bundles.setdefault(site, SiteHooks(site))
@@ -196,7 +197,7 @@ def hooked(
     tap.aliases.update({given: target.address for given, target in zip(capture, capture_targets, strict=True)})
     try:
         for intervention in interventions:
-            for plan in edits_for(anatomy, intervention):
+            for plan in edits_for(anatomy, intervention, mask):
                 if plan.swap is not None:
                     parent_path, _, attr = plan.swap[0].rpartition(".")
                     parent = model.get_submodule(parent_path)
@@ -212,6 +213,8 @@ def hooked(
         with installed(model, bundles, eager=_needs_eager(capture_targets)) as handles:
             if cancel is not None:
                 handles.extend(_cancel_checks(model, anatomy, cancel))
+            if any(item.kind == "ablate" and item.mode == "mean" for item in interventions):
+                handles.append(model.register_forward_pre_hook(_mask_recorder(mask), with_kwargs=True))
             yield tap
     finally:
         for parent, attr, original in reversed(swaps):
@@ -243,6 +246,15 @@ def installed(model: nn.Module, bundles: dict[Site, SiteHooks], *, eager: bool =
             handle.remove()
         if previous_impl is not None and previous_impl != "eager":
             model.set_attn_implementation(previous_impl)
+
+
+def _mask_recorder(mask: RunMask):
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        value = kwargs.get("attention_mask")
+        mask.value = value if isinstance(value, Tensor) and value.dim() == 2 else None
+
+    record._garage_hook = True  # type: ignore[attr-defined]
+    return record
 
 
 def _cancel_checks(model: nn.Module, anatomy: Anatomy, cancel: threading.Event) -> list:

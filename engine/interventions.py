@@ -68,7 +68,11 @@ class Intervention:
 
 
 def ablate(address: str, mode: str = "zero") -> Intervention:
-    """Zero- or mean-ablate a head, attention block, MLP or layer (mean over batch and positions)."""
+    """Zero- or mean-ablate a head, attention block, MLP or layer.
+
+    The mean is over batch and positions, leaving out positions the model's
+    ``attention_mask`` marks as padding.
+    """
     if mode not in ABLATE_MODES:
         raise InterventionError(f"unknown ablation mode '{mode}'; use one of: {', '.join(ABLATE_MODES)}")
     return Intervention("ablate", address, mode=mode)
@@ -132,6 +136,13 @@ class EditPlan:
 
 
 @dataclass
+class RunMask:
+    """The attention mask of the pass in flight, read off the model's own call by ``hooked``."""
+
+    value: Tensor | None = None
+
+
+@dataclass
 class _LayerInput:
     value: Tensor | None = field(default=None)
 
@@ -144,7 +155,7 @@ def _check_kind(target: Target, kinds: Sequence[str], verb: str) -> None:
         )
 
 
-def _output_transform(intervention: Intervention) -> Callable[[Tensor], Tensor]:
+def _output_transform(intervention: Intervention, mask: RunMask | None) -> Callable[[Tensor], Tensor]:
     if intervention.kind == "scale":
         return lambda value: value * intervention.factor
     if intervention.mode == "mean":
@@ -154,22 +165,25 @@ def _output_transform(intervention: Intervention) -> Callable[[Tensor], Tensor]:
             # A cached generation step sees one position, whose own mean is itself: reuse
             # the mean of the last multi-position pass (the prompt) instead.
             if value.shape[-2] > 1 or not held:
-                held[:] = [position_mean(value)]
+                held[:] = [position_mean(value, mask.value if mask is not None else None)]
             return held[0].expand_as(value).to(value.dtype)
 
         return mean_ablate
     return torch.zeros_like
 
 
-def edits_for(anatomy: Anatomy, intervention: Intervention) -> list[EditPlan]:
-    """The hook edits that carry out ``intervention`` on a model with this anatomy."""
+def edits_for(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None = None) -> list[EditPlan]:
+    """The hook edits that carry out ``intervention`` on a model with this anatomy.
+
+    ``mask`` lets mean ablation leave padded positions out of its mean.
+    """
     from engine.hooks import head_view, site_for  # hooks imports this module
 
     kind = intervention.kind
     if kind in ("ablate", "scale"):
         target = resolve(anatomy, intervention.address)
         _check_kind(target, EDITABLE_KINDS, kind)
-        transform = _output_transform(intervention)
+        transform = _output_transform(intervention, mask)
         part = target.part
         if part.kind == "head":
             z = Target(part, "z")

@@ -321,6 +321,11 @@ def _load_single_file(model_class, path: Path, config: Any, kwargs: dict[str, An
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     device_map = kwargs.get("device_map", {})
+    if device_map == "auto":
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        plan = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
+        return dispatch_model(model, plan)
     if isinstance(device_map, dict) and "" in device_map:
         model.to(device_map[""])
     return model

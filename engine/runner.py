@@ -54,14 +54,17 @@ def forward(
     capture: Sequence[str] = (),
     interventions: Sequence[Intervention] = (),
     cancel: threading.Event | None = None,
+    attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tap]:
     """One forward pass under ``interventions``; returns the model's main output and the tap.
 
-    Setting ``cancel`` stops the pass at the next layer with ``Cancelled``.
+    Setting ``cancel`` stops the pass at the next layer with ``Cancelled``. A padded batch
+    passes its ``attention_mask``; mean ablation then leaves the pads out of its mean.
     """
     _require_weights(loaded)
+    extra = {} if attention_mask is None else {"attention_mask": attention_mask.to(ids.device)}
     with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions, cancel) as tap:
-        output = loaded.model(input_ids=ids)
+        output = loaded.model(input_ids=ids, **extra)
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return main, tap
 

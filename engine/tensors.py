@@ -27,10 +27,19 @@ def replace_first(value: object, tensor: Tensor) -> object:
     return type(value)((tensor, *value[1:])) if isinstance(value, tuple) else [tensor, *value[1:]]
 
 
-def position_mean(activation: Tensor) -> Tensor:
-    """Mean over batch and positions, broadcastable back onto ``activation``."""
+def position_mean(activation: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over batch and positions, broadcastable back onto ``activation``.
+
+    With a ``[batch, positions]`` attention ``mask``, padded positions are left out: a
+    left-padded batch's pad tokens would otherwise drag the mean toward their activations.
+    """
     dims = tuple(range(activation.dim() - 1))
-    return activation.mean(dim=dims, keepdim=True)
+    if mask is None or tuple(mask.shape) != tuple(activation.shape[:2]) or bool(mask.all()):
+        return activation.mean(dim=dims, keepdim=True)
+    shape = (*mask.shape, *(1,) * (activation.dim() - 2))
+    weight = mask.to(device=activation.device, dtype=activation.dtype).reshape(shape)
+    weight = weight.expand(*activation.shape[:-1], 1)
+    return (activation * weight).sum(dim=dims, keepdim=True) / weight.sum(dim=dims, keepdim=True)
 
 
 def dtype_from_name(name: str) -> torch.dtype:

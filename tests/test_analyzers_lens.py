@@ -53,3 +53,23 @@ def test_lens_under_intervention_follows_the_changed_model(smollm2):
 def test_lens_refuses_models_without_lm_head(minilm):
     with pytest.raises(GarageError, match="causal language model"):
         logit_lens(minilm, "hello")
+
+
+def test_lens_at_an_earlier_position_reads_that_positions_prediction(smollm2):
+    import torch
+
+    from engine.runner import encode, forward
+
+    prompt = "The capital of France is"
+    ids = encode(smollm2, prompt)
+    logits, _ = forward(smollm2, ids)
+    for position in (1, 3, -2):
+        report = logit_lens(smollm2, prompt, top_k=2, position=position)
+        assert report.position == position % ids.shape[1]
+        expected = int(logits[0, position].argmax())
+        assert report.final_token_id == report.layers[-1].top[0][0] == expected
+        assert report.layers[-1].top[0][2] == pytest.approx(float(torch.softmax(logits[0, position], -1).max()),
+                                                             rel=1e-4)
+    assert logit_lens(smollm2, prompt, position=1).final_token_id != logit_lens(smollm2, prompt).final_token_id
+    with pytest.raises(GarageError, match="position 40 is outside the prompt's"):
+        logit_lens(smollm2, prompt, position=40)

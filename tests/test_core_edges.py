@@ -68,6 +68,24 @@ def test_mean_ablation_acts_on_cached_generation_steps():
     assert not torch.allclose(ablated_step, clean_step, atol=1e-6)
 
 
+@pytest.mark.parametrize("address", ["L1.mlp", "L1.attn.h1"])
+def test_mean_ablation_leaves_padded_positions_out(address):
+    """A left-padded batch: the mean is over real tokens only, as the attention mask says."""
+    loaded = tiny_model("llama")
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9], [0, 0, 0, 2, 6, 5]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    point = "L1.mlp.out" if address == "L1.mlp" else "L1.attn.h1.z"
+    with torch.no_grad():
+        with hooked(loaded.model, loaded.anatomy, [point]) as clean:
+            loaded.model(input_ids=ids, attention_mask=mask)
+        with hooked(loaded.model, loaded.anatomy, [point], [ablate(address, "mean")]) as ablated:
+            loaded.model(input_ids=ids, attention_mask=mask)
+    real = clean[point][mask.bool()]
+    assert torch.allclose(ablated[point][0, 0], real.mean(0), atol=1e-6)
+    assert not torch.allclose(ablated[point][0, 0], clean[point].mean((0, 1)), atol=1e-4)  # pads would count
+    assert count_garage_hooks(loaded.model) == 0
+
+
 # --- positions -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [

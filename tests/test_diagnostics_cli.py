@@ -59,6 +59,11 @@ def test_analyze_json_and_tables(use_model, capsys, what, fixture):
         assert report["L0.out"]["count"] > 0
     if what == "lens":
         assert report["layers"][-1]["top"][0]["token"] == " Paris"
+        assert main(args + ["--position", "1", "--json"]) == 0
+        earlier = _json(capsys)["report"]
+        assert earlier["position"] == 1 and earlier["final_token"] != " Paris"
+        assert main(args + ["--position", "99"]) == 2
+        assert "outside the prompt" in capsys.readouterr().err
     assert main(args) == 0
     assert capsys.readouterr().out.strip()
 

@@ -115,10 +115,12 @@ def test_single_safetensors_file_with_other_name(tmp_path):
     tiny.model.config.save_pretrained(tmp_path)
     state = {k: v.contiguous() for k, v in tiny.model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(tmp_path / "weights.safetensors"))
-    loaded = open_model(str(tmp_path / "weights.safetensors"))
     ids = torch.tensor([[1, 2, 3]])
-    with torch.no_grad():
-        assert torch.equal(loaded.model(input_ids=ids).logits, tiny.model(input_ids=ids).logits)
+    for device in ("cpu", "auto"):  # auto goes through accelerate's device map, as from_pretrained does
+        loaded = open_model(str(tmp_path / "weights.safetensors"), device=device)
+        assert loaded.input_device.type == "cpu"
+        with torch.no_grad():
+            assert torch.equal(loaded.model(input_ids=ids).logits, tiny.model(input_ids=ids).logits)
 
 
 def test_unknown_architecture_opens_as_generic_tree(tmp_path):

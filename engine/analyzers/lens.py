@@ -40,13 +40,15 @@ class LensReport:
     final_token_id: int
     final_token: str
     layers: list[LensLayer] = field(default_factory=list)
+    position: int = -1  # the position read, counted from 0; the last one unless asked
 
     def first_layer_with_answer(self, top: int = 1) -> str | None:
         """The earliest layer whose reading ranks the final answer within ``top``."""
         return next((layer.address for layer in self.layers if layer.final_token_rank < top), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "token_ids": self.token_ids, "final_token_id": self.final_token_id,
+        return {"prompt": self.prompt, "token_ids": self.token_ids, "position": self.position,
+                "final_token_id": self.final_token_id,
                 "final_token": self.final_token, "first_layer_with_answer": self.first_layer_with_answer(),
                 "layers": [layer.to_dict() for layer in self.layers]}
 
@@ -69,19 +71,29 @@ def logit_lens(
     prompt: str,
     top_k: int = 5,
     interventions: Sequence[Intervention] = (),
+    position: int = -1,
 ) -> LensReport:
-    """For each layer, the top-k next tokens read from its output residual (last position)."""
+    """For each layer, the top-k next tokens read from its output residual at ``position``.
+
+    ``position`` counts prompt tokens from 0 (negative from the end); the default reads the
+    last one, where the model predicts the continuation.
+    """
     require_causal(loaded, "the logit lens")
     if top_k < 1:
         raise GarageError(f"top-k must be at least 1, got {top_k}")
     ids = encode(loaded, prompt)
+    n_tokens = ids.shape[1]
+    if not -n_tokens <= position < n_tokens:
+        raise GarageError(f"position {position} is outside the prompt's {n_tokens} tokens; "
+                          f"pass one from 0 to {n_tokens - 1} (or -1 for the last)")
+    position %= n_tokens
     addresses = ["embed.out"] + [f"L{i}.out" for i in range(loaded.anatomy.n_layers)]
     logits, tap = run_with(loaded, ids, interventions=interventions, capture=addresses)
-    final_id = int(logits[0, -1].argmax())
-    residuals = torch.stack([tap[address][0, -1] for address in addresses])
+    final_id = int(logits[0, position].argmax())
+    residuals = torch.stack([tap[address][0, position] for address in addresses])
     lens_logits = read_residual(loaded, residuals).float()
     probs = torch.softmax(lens_logits, dim=-1)
-    report = LensReport(prompt, ids[0].tolist(), final_id, loaded.tokenizer.decode([final_id]))
+    report = LensReport(prompt, ids[0].tolist(), final_id, loaded.tokenizer.decode([final_id]), position=position)
     for address, row_logits, row_probs in zip(addresses, lens_logits, probs, strict=True):
         values, indices = row_probs.topk(min(top_k, row_probs.shape[-1]))
         rank = int((row_logits > row_logits[final_id]).sum())

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                         help="stats: capture points (default: every layer's output)")
     parser.add_argument("--bins", type=int, default=64, help="stats: histogram bins (even)")
     parser.add_argument("--top-k", type=int, default=5, help="lens: tokens per layer")
+    parser.add_argument("--position", type=int, default=-1,
+                        help="lens: prompt position to read, from 0 (default -1, the last)")
     parser.add_argument("--corrupt", metavar="TEXT", help="patching: corrupted prompt of the same token length")
     parser.add_argument("--mode", default="zero", choices=("zero", "mean"), help="importance: ablation mode")
     parser.add_argument("--layers", metavar="I,J,...",
@@ -69,7 +71,7 @@ def compute(args: argparse.Namespace, loaded: Any) -> Any:
     if args.what == "lens":
         from engine.analyzers.lens import logit_lens
 
-        return logit_lens(loaded, _require_prompt(args), args.top_k, interventions)
+        return logit_lens(loaded, _require_prompt(args), args.top_k, interventions, position=args.position)
     if args.what == "similarity":
         from engine.analyzers.similarity import layer_similarity
 
@@ -125,7 +127,8 @@ def _print_report(out: Any, what: str, report: Any) -> None:
                           ("previous-token", "first-token", "self")), head.role or "")
         out.print(table)
     elif what == "lens":
-        table = _table(f"logit lens · model predicts {report.final_token!r}", "layer", "top tokens", "rank of answer")
+        table = _table(f"logit lens at position {report.position} · model predicts {report.final_token!r}",
+                       "layer", "top tokens", "rank of answer")
         for layer in report.layers:
             table.add_row(layer.address, " ".join(repr(text) for _, text, _ in layer.top), str(layer.final_token_rank))
         out.print(table)
