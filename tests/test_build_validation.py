@@ -195,3 +195,32 @@ def test_recipe_check_cli_lists_problems_and_exits_2(capsys):
     assert {p["line"] for p in document["problems"]} == {14}
     code = main(["recipe", "check", str(RECIPES / "smollm2-head-transplant.yaml")])
     assert code == 0 and "is valid: 30 layers" in capsys.readouterr().out
+
+
+def test_hub_source_offline_says_so(monkeypatch):
+    from engine.build import sources
+
+    monkeypatch.setattr("engine.loading._hub_reachable", lambda: False)
+    with pytest.raises(sources.SourceError, match="not in the local cache and the model hub cannot be reached"):
+        sources.locate_folder("garage-test/not-cached-anywhere")
+
+
+def test_hub_source_is_downloaded_once_when_the_hub_answers(monkeypatch, tmp_path):
+    """Users have internet: a hub id missing from the cache is fetched (headers, configs, weights)."""
+    import huggingface_hub
+
+    from engine.build import sources
+
+    calls = []
+
+    def fake_snapshot(repo_id, local_files_only=False, allow_patterns=None):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        assert "*.safetensors" in allow_patterns and "*.json" in allow_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr("engine.loading._hub_reachable", lambda: True)
+    assert sources.locate_folder("org/model") == ("hub", tmp_path)
+    assert calls == [True, False]

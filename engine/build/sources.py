@@ -166,20 +166,34 @@ def locate_folder(spec: str) -> tuple[str, Path]:
     if path.exists():
         raise SourceError(f"{path} is not a model folder; name a folder holding config.json and *.safetensors")
     if _HUB_ID.match(spec) and not spec.startswith((".", "~", "/")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            # Only files already in the local hub cache; the build bench never downloads.
-            patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-            folder = snapshot_download(spec, local_files_only=True, allow_patterns=patterns)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-            raise SourceError(
-                f"hub model '{spec}' is not in the local cache (the build bench works offline); "
-                "download it first or name a local folder"
-            ) from exc
-        return "hub", Path(folder)
+        return "hub", _hub_folder(spec)
     raise SourceError(f"no such model '{spec}': not a bundled name ({', '.join(BUNDLED)}), an existing folder, "
                       "or a hub id")
+
+
+def _hub_folder(spec: str) -> Path:
+    """The local snapshot of a hub model: from the hub cache, else downloaded once into it."""
+    from huggingface_hub import snapshot_download
+
+    from engine.loading import _hub_reachable
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+    try:
+        return Path(snapshot_download(spec, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # noqa: BLE001 - any failure here means "not in the cache yet"
+        pass
+    if not _hub_reachable():
+        raise SourceError(
+            f"hub model '{spec}' is not in the local cache and the model hub cannot be reached (offline); "
+            "download it where there is internet or name a local folder"
+        )
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many classes; all mean "cannot fetch"
+        raise SourceError(
+            f"cannot download hub model '{spec}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+            "check the id (and a token for gated models) or name a local folder"
+        ) from exc
 
 
 def resolve_source(alias: str, spec: str) -> Source:
