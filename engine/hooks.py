@@ -116,10 +116,12 @@ class SiteHooks:
 class Tap:
     """What a hooked forward pass captured, by canonical address."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: bool = False) -> None:
         self.captured: dict[str, Tensor] = {}
         self.calls: dict[str, int] = {}
         self.aliases: dict[str, str] = {}  # the address as given -> its canonical name
+        # With history, every call's value is kept (one per generation step), not just the last.
+        self.history: dict[str, list[Tensor]] | None = {} if history else None
 
     def __getitem__(self, address: str) -> Tensor:
         return self.captured[self.aliases.get(address, address)]
@@ -133,6 +135,8 @@ class Tap:
     def _record(self, address: str, value: Tensor) -> None:
         self.captured[address] = value.detach()
         self.calls[address] = self.calls.get(address, 0) + 1
+        if self.history is not None:
+            self.history.setdefault(address, []).append(self.captured[address])
 
 
 def pre_hook(bundle: SiteHooks):
@@ -178,14 +182,16 @@ def hooked(
     capture: Sequence[str] = (),
     interventions: Sequence[Intervention] = (),
     cancel: threading.Event | None = None,
+    history: bool = False,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
     With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
-    is set, so Esc interrupts even one long pass. Every hook, swapped module and
-    attention-implementation change is undone on exit, also when the block raises.
+    is set, so Esc interrupts even one long pass. With ``history``, the tap keeps every
+    pass's capture (``tap.history``), as cached generation steps need. Every hook, swapped
+    module and attention-implementation change is undone on exit, also when the block raises.
     """
-    tap = Tap()
+    tap = Tap(history=history)
     bundles: dict[Site, SiteHooks] = {}
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     mask = RunMask()

@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ablate", action="append", default=[], metavar="ADDR",
                         help="zero-ablate a part during the run; ADDR:mean for mean-ablation")
     parser.add_argument("--scale", action="append", default=[], metavar="ADDR=FACTOR")
+    parser.add_argument("--generate", type=int, metavar="N",
+                        help="capture in motion: generate N tokens greedily and keep every step's states")
     parser.add_argument("--out", required=True, metavar="FILE.safetensors")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=run)
@@ -29,11 +31,19 @@ def run(args: argparse.Namespace) -> int:
 
     interventions = parse_interventions(args.ablate, args.scale)
     loaded = open_from_args(args)
-    snapshot = take_snapshot(loaded, args.prompt, None if args.all else args.at, interventions)
+    addresses = None if args.all else args.at
+    if args.generate is not None:
+        from engine.motion import take_motion_snapshot
+
+        snapshot = take_motion_snapshot(loaded, args.prompt, addresses, interventions, max_new_tokens=args.generate)
+    else:
+        snapshot = take_snapshot(loaded, args.prompt, addresses, interventions)
     save_snapshot(args.out, snapshot)
     if args.json:
         print_json({"out": args.out, **snapshot.to_dict()})
-    else:
-        console().print(f"saved {len(snapshot.tensors)} states of {loaded.name} "
-                        f"({len(snapshot.metadata['token_ids'])} tokens) to {args.out}")
+        return 0
+    motion = snapshot.metadata.get("motion")
+    generated = f", {len(motion['generated_ids'])} generated: {motion['generated_text']!r}" if motion else ""
+    console().print(f"saved {len(snapshot.tensors)} states of {loaded.name} "
+                    f"({len(snapshot.metadata['token_ids'])} tokens{generated}) to {args.out}")
     return 0
