@@ -80,18 +80,31 @@ def intervention_from_dict(document: dict[str, Any], loaded: Any = None) -> Inte
     if not isinstance(address, str) or not address:
         raise SessionError(f"intervention {document!r} has no address; each needs e.g. \"address\": \"L10.attn.h3\"")
     if kind == "ablate":
-        return interventions.ablate(address, str(document.get("mode", "zero")))
+        return _fitted(interventions.ablate(address, str(document.get("mode", "zero"))), loaded)
     if kind == "scale":
         factor = document.get("factor")
-        if not isinstance(factor, (int, float)):
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
             raise SessionError(f"scale intervention on {address} needs a numeric 'factor'")
-        return interventions.scale(address, float(factor))
+        return _fitted(interventions.scale(address, float(factor)), loaded)
     if kind == "steer" and document.get("origin") is not None:
         return _steer_from_document(document, address, loaded)
     raise SessionError(
         f"intervention '{kind}' on {address} carries a tensor that sessions do not store; "
         "remove it from the session (ablate, scale and steers made from prompts restore)"
     )
+
+
+def _fitted(item: Intervention, loaded: Any) -> Intervention:
+    """``item`` once it is known to fit the open model (a session may name a part it lacks)."""
+    if loaded is None or getattr(loaded, "anatomy", None) is None:
+        return item
+    from engine.interventions import edits_for
+
+    try:
+        edits_for(loaded.anatomy, item)
+    except GarageError as exc:
+        raise SessionError(f"{item.kind} on {item.address} does not fit {loaded.name}: {exc}") from None
+    return item
 
 
 def _steer_from_document(document: dict[str, Any], address: str, loaded: Any) -> Intervention:
@@ -149,6 +162,18 @@ def save_session(path: Path, session: Session) -> Path:
     return path
 
 
+def recipe_shape_problem(document: Any) -> str | None:
+    """What keeps ``document`` from being edited as a recipe at all (the build's own checks come later)."""
+    if not isinstance(document, dict):
+        return "a recipe is a mapping with recipe_version, sources and layers"
+    if not isinstance(document.get("sources", {}), dict):
+        return "the recipe's 'sources' must map an alias to a model, e.g. {smol: smollm2-135m}"
+    layers = document.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(step, dict) for step in layers):
+        return "the recipe's 'layers' must be a list of steps such as {take: smol.L3}"
+    return None
+
+
 def _require(condition: bool, path: Path, what: str) -> None:
     if not condition:
         raise SessionError(f"session {path} is malformed: {what}; fix the file or save a new session")
@@ -185,7 +210,8 @@ def parse_session(document: Any, path: Path = Path("<session>")) -> Session:
     pane = document.get("pane", "bay")
     _require(pane in PANES, path, f"'pane' must be one of {', '.join(PANES)}")
     recipe = document.get("recipe")
-    _require(recipe is None or isinstance(recipe, dict), path, "'recipe' must be an object or null")
+    problem = None if recipe is None else recipe_shape_problem(recipe)
+    _require(problem is None, path, f"'recipe' must be null or a recipe: {problem}")
     notes = document.get("notes", [])
     _require(isinstance(notes, list) and all(isinstance(n, str) for n in notes), path,
              "'notes' must be a list of strings")

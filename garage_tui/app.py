@@ -20,6 +20,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, ProgressBar, Sparkli
 from engine.sessions import PANES, Session
 from garage_tui.edits import STEERABLE, EditsMixin
 from garage_tui.jobs import JobsMixin
+from garage_tui.keymap import checked_keymap
 from garage_tui.messages import ModelLoaded, RunFinished, StructureLoaded, error_line
 from garage_tui.palette import PaletteMixin
 from garage_tui.screens.ask import AskScreen, ConfirmScreen
@@ -90,6 +91,8 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             wanted = "garage"
         self.theme = wanted
         if keymap:
+            keymap, problems = checked_keymap(self, keymap)
+            self._startup_notes.extend(problems)
             self.set_keymap(keymap)
 
     # ---- layout -------------------------------------------------------------------------
@@ -117,7 +120,8 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             self.query_one("#prompt", Input).value = session.prompt
             self.show_pane(session.pane, focus=False)
         self._update_strip()
-        self.query_one(PartTree).focus()
+        # the pane the session opens takes the keys, not the hidden bay behind it
+        self.pane_widget(self.pane).focus_main()
         for note in self._startup_notes:
             self.notify(note, severity="warning")
         self._garage_ready = True

@@ -12,7 +12,7 @@ from typing import Any
 from textual import work
 from textual.worker import get_current_worker
 
-from garage_tui.messages import JobCancelled, JobFailed, SteerComputed, error_line
+from garage_tui.messages import JobCancelled, SteerComputed, error_line, job_stopped
 from garage_tui.screens.steer import SteerRequest, SteerScreen
 
 SCALE_FACTOR = 0.5
@@ -104,9 +104,9 @@ class EditsMixin:
         try:
             item = steer_from_prompts(self.loaded, address, request.positive, request.negative, request.strength)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-            self.post_message(JobCancelled("steer") if worker.is_cancelled else JobFailed("steer", error_line(exc)))
+            self.post_message(job_stopped("steer", worker, exc))
             return
-        self.post_message(JobCancelled("steer") if worker.is_cancelled else SteerComputed(item))
+        self.post_message(JobCancelled("steer", worker) if worker.is_cancelled else SteerComputed(item))
 
     def on_steer_computed(self, message: SteerComputed) -> None:
         item = message.intervention

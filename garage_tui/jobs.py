@@ -21,6 +21,7 @@ from garage_tui.messages import (
     RunFinished,
     StructureLoaded,
     error_line,
+    job_stopped,
 )
 from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
 
@@ -77,7 +78,7 @@ class JobsMixin:
             loaded = open_model(spec, device=device, progress=self._progress_callback("load"),
                                 cancel=worker.cancelled_event)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-            self.post_message(JobCancelled("load") if worker.is_cancelled else JobFailed("load", error_line(exc)))
+            self.post_message(job_stopped("load", worker, exc))
             return
         if not worker.is_cancelled:
             self.post_message(ModelLoaded(loaded.name, loaded))
@@ -88,10 +89,10 @@ class JobsMixin:
         try:
             report = self._compute_run(prompt, selected, interventions, worker)
         except Exception as exc:  # noqa: BLE001
-            self.post_message(JobCancelled("run") if worker.is_cancelled else JobFailed("run", error_line(exc)))
+            self.post_message(job_stopped("run", worker, exc))
             return
         if report is None or worker.is_cancelled:
-            self.post_message(JobCancelled("run"))
+            self.post_message(JobCancelled("run", worker))
             return
         self.post_message(RunFinished(report))
 
@@ -142,6 +143,10 @@ class JobsMixin:
         self.notify(message.message, title=f"{message.job} failed", severity="error", timeout=8)
 
     def on_job_cancelled(self, message: JobCancelled) -> None:
+        stale = message.worker
+        if stale is not None and any(w is not stale and w.group == stale.group and w.is_running and not w.is_cancelled
+                                     for w in self.workers):
+            return  # a newer worker of the same group replaced this one: its job goes on
         self.end_job(f"{message.job} cancelled")
         self.notify(f"{message.job} cancelled", severity="warning")
 

@@ -34,6 +34,22 @@ def load_keymap(path: Path | None = None) -> tuple[dict[str, str], str | None]:
     return {str(key): str(value) for key, value in document.items()}, None
 
 
+def checked_keymap(app: Any, keymap: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The entries of ``keymap`` that rebind a real binding to real keys, and one line per other entry."""
+    known = {binding.id for _, owner in _binding_sources(app) for binding in owner.BINDINGS if binding.id}
+    kept: dict[str, str] = {}
+    problems = []
+    for binding_id, keys in keymap.items():
+        wanted = [key.strip() for key in str(keys).split(",")]
+        if binding_id not in known:
+            problems.append(f"keymap: no binding '{binding_id}' (ignored); the help screen (?) lists every id")
+        elif not all(wanted):
+            problems.append(f"keymap: '{binding_id}' has no key (ignored); give keys such as 'f5' or 'ctrl+w,f2'")
+        else:
+            kept[binding_id] = ",".join(wanted)
+    return kept, problems
+
+
 def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     """Where bindings live, in the order the help screen lists them."""
     from garage_tui.screens.ask import AskScreen, ConfirmScreen
@@ -43,12 +59,13 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     from garage_tui.widgets.bench_pane import BenchPane
     from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
     from garage_tui.widgets.part_tree import PartTree
-    from garage_tui.widgets.parts_pane import PartsPane
+    from garage_tui.widgets.parts_pane import FilterInput, PartsPane
     from garage_tui.widgets.prompt_bar import PromptInput
 
     app_class = app if isinstance(app, type) else type(app)
     return [("everywhere", app_class), ("engine bay", BayPane), ("part tree", PartTree),
-            ("diagnostics", DiagnosticsPane), ("parts bin", PartsPane), ("build bench", BenchPane),
+            ("diagnostics", DiagnosticsPane), ("parts bin", PartsPane),
+            ("parts filter", FilterInput), ("build bench", BenchPane),
             ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen),
             ("steer", SteerScreen)]
 
@@ -77,7 +94,7 @@ def palette_commands(app: Any) -> list[tuple[str, str, Any]]:
     commands: list[tuple[str, str, Any]] = []
     owners = dict(_binding_sources(app))
     for where, binding, keys in garage_bindings(app):
-        if where in ("help", "confirm", "question", "steer", "prompt", "part tree"):
+        if where in ("help", "confirm", "question", "steer", "prompt", "part tree", "parts filter"):
             continue
         action, owner = binding.action, owners.get(where)
         commands.append((f"{binding.description} ({where})", f"keys: {keys}",

@@ -47,7 +47,10 @@ class JobFailed(Message):
 
 @dataclass
 class JobCancelled(Message):
+    """A job's worker stopped on its cancel event; ``worker`` tells a superseded run from the live one."""
+
     job: str
+    worker: Any = None
 
 
 @dataclass
@@ -109,3 +112,8 @@ class InterventionsRestored(Message):
 
     interventions: list[Any] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+def job_stopped(job: str, worker: Any, exc: BaseException) -> JobCancelled | JobFailed:
+    """What a worker posts when ``exc`` ended it: a cancel it was asked for, or a failure in one line."""
+    return JobCancelled(job, worker) if worker.is_cancelled else JobFailed(job, error_line(exc))

@@ -34,8 +34,7 @@ class SessionMixin:
         self.garage.selected = session.selected if session.selected in self.loaded.anatomy.by_address else "model"
         self.garage.interventions = []
         self.recipe = session.recipe
-        if session.recipe is not None:
-            self.query_one(BenchPane).restore_recipe(session.recipe)
+        self.query_one(BenchPane).restore_recipe(session.recipe)
         if not session.interventions:
             return False
         self.begin_job("restore", "restoring the session's edits…")
@@ -50,7 +49,7 @@ class SessionMixin:
         loaded, rebuilt, problems = self.loaded, [], []
         for document in documents:
             if worker.is_cancelled:
-                self.post_message(JobCancelled("restore"))
+                self.post_message(JobCancelled("restore", worker))
                 return
             try:
                 rebuilt.append(intervention_from_dict(document, loaded))

@@ -131,6 +131,8 @@ def test_every_binding_in_help_fires(smollm2, tmp_path, monkeypatch):
             await press(pilot, "n", "note")
             await press(pilot, "escape", "cancel")
             await press(pilot, "slash", "filter")
+            await press(pilot, "escape", "clear_filter")
+            await press(pilot, "slash", "filter")
             await pilot.press("enter")
             await press(pilot, "d", "remove")
             await press(pilot, "n", "answer")  # confirm screen: no

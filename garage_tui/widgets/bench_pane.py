@@ -19,11 +19,19 @@ from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from engine.storage import atomic_write_text, garage_home
-from garage_tui.messages import BuildFinished, JobCancelled, JobFailed, JobProgressed, RecipeChecked, error_line
+from garage_tui.messages import (
+    BuildFinished,
+    JobFailed,
+    JobProgressed,
+    RecipeChecked,
+    error_line,
+    job_stopped,
+)
 from garage_tui.screens.ask import AskScreen
 from garage_tui.widgets.base import garage_app
 
 RECIPES = Path(__file__).resolve().parent.parent.parent / "recipes"
+NO_RECIPE = "No recipe: n starts one from the open model, o opens a recipe file."
 
 
 def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
@@ -63,7 +71,7 @@ class BenchPane(Vertical):
         self.evaluation: dict[str, Any] | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static("No recipe: n starts one from the open model, o opens a recipe file.", id="bench-status")
+        yield Static(NO_RECIPE, id="bench-status")
         with Horizontal(id="bench-body"):
             yield DataTable(id="bench-steps", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="bench-side"):
@@ -80,7 +88,7 @@ class BenchPane(Vertical):
     def recipe_document(self) -> dict[str, Any] | None:
         return self.recipe
 
-    def restore_recipe(self, recipe: dict[str, Any]) -> None:
+    def restore_recipe(self, recipe: dict[str, Any] | None) -> None:
         self.set_recipe(recipe)
 
     def set_recipe(self, recipe: dict[str, Any] | None, cursor: int | None = None) -> None:
@@ -89,6 +97,10 @@ class BenchPane(Vertical):
         table = self.query_one("#bench-steps", DataTable)
         table.clear()
         if recipe is None:
+            self.validation = None
+            self.query_one("#bench-status", Static).update(NO_RECIPE)
+            self.query_one("#bench-validation", Static).update("")
+            garage_app(self).refresh_bindings()
             return
         table.add_row("src", ", ".join(f"{k}={v}" for k, v in (recipe.get("sources") or {}).items()))
         for index, step in enumerate(recipe.get("layers") or []):
@@ -150,13 +162,15 @@ class BenchPane(Vertical):
             sources = [open_models.get(spec, spec) for spec in specs]
             evaluation = evaluate(str(result.out_dir), sources, progress, worker.cancelled_event)
         except Exception as exc:  # noqa: BLE001
-            self.post_message(JobCancelled("build") if worker.is_cancelled else JobFailed("build", error_line(exc)))
+            self.post_message(job_stopped("build", worker, exc))
             return
         self.post_message(BuildFinished({"out_dir": out_dir, "evaluation": evaluation.to_dict()}))
 
     # ---- drawing ----------------------------------------------------------------------------
     @on(RecipeChecked)
     def _on_checked(self, message: RecipeChecked) -> None:
+        if self.recipe is None:
+            return  # the recipe was taken off the bench while it was being checked
         self.validation = message.report
         name = (self.recipe or {}).get("name", "?")
         if message.report.get("ok"):
@@ -226,8 +240,11 @@ class BenchPane(Vertical):
             except (OSError, yaml.YAMLError) as exc:
                 garage_app(self).notify(f"cannot read recipe {path}: {exc}", severity="error")
                 return
-            if not isinstance(document, dict):
-                garage_app(self).notify(f"{path} is not a recipe (expected a mapping)", severity="error")
+            from engine.sessions import recipe_shape_problem
+
+            problem = recipe_shape_problem(document)
+            if problem is not None:
+                garage_app(self).notify(f"{path} is not a recipe: {problem}", severity="error")
                 return
             self.set_recipe(document, cursor=0)
 
@@ -249,7 +266,9 @@ class BenchPane(Vertical):
 
         def add(answer: str) -> None:
             words = answer.split()
-            refs = [w for w in words if "." in w]
+            refs = [w for w in words if "." in w and not w.replace(".", "", 1).isdigit()]
+            if not refs:
+                raise ValueError(f"name the layers to blend as alias.Lk, e.g. {alias}.L12 {alias}.L13")
             method = "slerp" if "slerp" in words else "linear"
             numbers = [float(w) for w in words if w.replace(".", "", 1).isdigit()]
             step: dict[str, Any] = {"blend": refs, "method": method}
@@ -287,7 +306,7 @@ class BenchPane(Vertical):
 
         self._ask("Fill which head with a part from the bin? (e.g. L10.attn.h3)", "L10.attn.h3", chosen)
 
-    @work(thread=True, exclusive=True, group="bench")
+    @work(thread=True, exclusive=True, group="bench-fits")
     def _find_fits(self, slot: str, index: int) -> None:
         try:
             from garage_tui.widgets.parts_pane import PartsPane

@@ -16,7 +16,7 @@ from textual.widgets import ContentSwitcher, DataTable, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
-from garage_tui.messages import AnalysisFinished, JobCancelled, JobFailed, JobProgressed, error_line
+from garage_tui.messages import AnalysisFinished, JobCancelled, JobProgressed, job_stopped
 from garage_tui.widgets.base import garage_app
 
 STAT_ROWS = ("mean", "std", "rms", "min", "max", "absmax", "sparsity", "kurtosis")
@@ -145,11 +145,10 @@ class DiagnosticsPane(Vertical):
             now = attention_report(loaded, prompt, interventions)
             before = attention_report(loaded, prompt) if interventions and not worker.is_cancelled else None
         except Exception as exc:  # noqa: BLE001
-            self.post_message(JobCancelled("attention") if worker.is_cancelled
-                              else JobFailed("attention", error_line(exc)))
+            self.post_message(job_stopped("attention", worker, exc))
             return
         if worker.is_cancelled:
-            self.post_message(JobCancelled("attention"))
+            self.post_message(JobCancelled("attention", worker))
             return
         layer, head = layer_of(selected) or 0, head_of(selected) or 0
         report = {"layer": layer, "head": head, "tokens": now.tokens,
@@ -171,11 +170,10 @@ class DiagnosticsPane(Vertical):
 
             report = head_importance(loaded, layers=[layer], progress=progress, cancel=worker.cancelled_event)
         except Exception as exc:  # noqa: BLE001
-            self.post_message(JobCancelled("importance") if worker.is_cancelled
-                              else JobFailed("importance", error_line(exc)))
+            self.post_message(job_stopped("importance", worker, exc))
             return
         if worker.is_cancelled:
-            self.post_message(JobCancelled("importance"))
+            self.post_message(JobCancelled("importance", worker))
             return
         self.post_message(AnalysisFinished("importance", {"layer": layer, **report.to_dict()}))
 

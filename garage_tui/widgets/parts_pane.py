@@ -27,6 +27,18 @@ def part_row(record: dict[str, Any]) -> tuple[str, ...]:
             ",".join(record.get("tags") or []), (record.get("notes") or "")[:30])
 
 
+class FilterInput(Input):
+    """The parts filter line: Esc clears the filter and hands the keys back to the table."""
+
+    BINDINGS = [Binding("escape", "clear_filter", "Clear filter", id="parts.filter_clear")]
+
+    def action_clear_filter(self) -> None:
+        self.value = ""
+        self.display = False
+        pane = next(ancestor for ancestor in self.ancestors if isinstance(ancestor, PartsPane))
+        pane.apply_filter("")
+
+
 class PartsPane(Vertical):
     """Table of catalogued parts; keys act on the highlighted row."""
 
@@ -46,7 +58,7 @@ class PartsPane(Vertical):
         self._bin: Any = None
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter: name, address or note (Enter applies, Esc clears)", id="parts-filter")
+        yield FilterInput(placeholder="filter: name, address or note (Enter applies, Esc clears)", id="parts-filter")
         yield DataTable(id="parts-table", cursor_type="row", zebra_stripes=True)
         yield Static("The bin is empty: select a part in the bay (1) and press x to extract it.", id="parts-detail")
 
@@ -156,7 +168,10 @@ class PartsPane(Vertical):
     @on(Input.Submitted, "#parts-filter")
     def _on_filter(self, event: Input.Submitted) -> None:
         event.stop()
-        self.filter_text = event.value.strip()
+        self.apply_filter(event.value)
+
+    def apply_filter(self, text: str) -> None:
+        self.filter_text = text.strip()
         self.query_one(DataTable).focus()
         self.reload()
 
