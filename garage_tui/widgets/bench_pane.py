@@ -172,7 +172,7 @@ class BenchPane(Vertical):
         if self.recipe is None:
             return  # the recipe was taken off the bench while it was being checked
         self.validation = message.report
-        name = (self.recipe or {}).get("name", "?")
+        name = self.recipe.get("name", "?")
         if message.report.get("ok"):
             summary = (f"recipe {name} · valid · {message.report.get('layers')} layers · "
                        f"{message.report.get('parameters', 0):,} params")
@@ -266,11 +266,11 @@ class BenchPane(Vertical):
 
         def add(answer: str) -> None:
             words = answer.split()
+            numbers = [float(w) for w in words if w.replace(".", "", 1).isdigit()]
             refs = [w for w in words if "." in w and not w.replace(".", "", 1).isdigit()]
             if not refs:
                 raise ValueError(f"name the layers to blend as alias.Lk, e.g. {alias}.L12 {alias}.L13")
             method = "slerp" if "slerp" in words else "linear"
-            numbers = [float(w) for w in words if w.replace(".", "", 1).isdigit()]
             step: dict[str, Any] = {"blend": refs, "method": method}
             if method == "slerp":
                 step["t"] = numbers[0] if numbers else 0.5
