@@ -28,6 +28,7 @@ def timed(label: str, rows: list, work) -> object:
 
 def main() -> None:
     from engine.analyzers._sites import run_with
+
     from engine.analyzers.attention import attention_report
     from engine.analyzers.generate import generate
     from engine.analyzers.importance import head_importance, sample_text

@@ -28,8 +28,8 @@ def _rss_mb() -> float:
 
 def child(mode: str) -> None:
     import torch
-
     from engine.analyzers._sites import run_with
+
     from engine.analyzers.importance import sample_text
     from engine.loading import open_model
     from engine.stats import every_layer_and_head, stream_stats

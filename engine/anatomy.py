@@ -11,7 +11,9 @@ from typing import Any
 
 from torch import nn
 
+from engine.errors import AddressError
 from engine.families import FamilyTable, HeadGeometry, family_for, head_geometry, head_row_ranges
+from engine.module_paths import join_path as _join
 
 # Capture points each kind of part offers, beyond its own address.
 POINTS_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -122,18 +124,25 @@ def _find_base(model: nn.Module, table: FamilyTable) -> str | None:
     return None
 
 
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
+def attention_kind(config: Any, index: int) -> dict[str, Any]:
+    """Whether layer ``index`` attends globally or in a sliding window, from the config's
+    ``layer_types`` (transformers 5 writes it for every family that mixes the two)."""
+    layer_types = getattr(config, "layer_types", None) or []
+    kind = layer_types[index] if index < len(layer_types) else "full_attention"
+    if kind == "sliding_attention":
+        return {"attention": "sliding", "window": int(getattr(config, "sliding_window", 0) or 0)}
+    return {"attention": "global" if kind == "full_attention" else str(kind)}
 
 
 def _attention_part(
-    model: nn.Module, table: FamilyTable, geometry: HeadGeometry, block_path: str, index: int
+    model: nn.Module, table: FamilyTable, geometry: HeadGeometry, block_path: str, index: int,
+    config: Any = None,
 ) -> Part | None:
     attn_table = table.attention
     part = _make_part(
         model, f"L{index}.attn", "attn", _join(block_path, attn_table.module),
         heads=geometry.n_heads, kv_heads=geometry.n_kv_heads, head_dim=geometry.head_dim,
-        gqa=geometry.n_kv_heads != geometry.n_heads,
+        gqa=geometry.n_kv_heads != geometry.n_heads, **attention_kind(config, index),
     )
     if part is None:
         return None
@@ -143,6 +152,11 @@ def _attention_part(
             proj = _make_part(model, f"L{index}.attn.{short}", "proj", _join(block_path, rel))
             if proj:
                 part.children.append(proj)
+    for short in ("q_norm", "k_norm"):
+        rel = getattr(attn_table, short)
+        norm = _make_part(model, f"L{index}.attn.{short}", "norm", _join(block_path, rel)) if rel else None
+        if norm:
+            part.children.append(norm)
     per_head_params = sum(
         (stop - start) * _row_width(model, _join(block_path, getattr(attn_table, name)), name == "o", attn_table.conv1d)
         for name, ranges in head_row_ranges(attn_table, geometry, 0).items()
@@ -178,8 +192,9 @@ def _mlp_part(model: nn.Module, table: FamilyTable, block_path: str, index: int)
             if proj:
                 children.append(proj)
     path = _join(block_path, mlp_table.module) if mlp_table.module else None
-    if path is not None:
-        params, shapes, dtype = _module_summary(_get(model, path))
+    mlp_module = _get(model, path) if path is not None else None
+    if mlp_module is not None:
+        params, shapes, dtype = _module_summary(mlp_module)
     else:
         params = sum(c.params for c in children)
         shapes = {f"{c.address.rsplit('.', 1)[1]}.{k}": v for c in children for k, v in c.shapes.items()}
@@ -210,12 +225,17 @@ def build_anatomy(model: nn.Module, config: Any) -> Anatomy:
         if extra:
             root.children.append(extra)
     blocks = _get(model, _join(base, table.blocks))
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+        return _generic_anatomy(model, config)
     n_layers = len(blocks)
     root.info["layers"] = n_layers
     for index in range(n_layers):
         block_path = _join(base, table.blocks, str(index))
         layer = _make_part(model, f"L{index}", "layer", block_path)
-        attn = _attention_part(model, table, geometry, block_path, index)
+        if layer is None:  # a ModuleList always holds its indices
+            raise AddressError(f"block {block_path} is missing from the model")
+        attn = _attention_part(model, table, geometry, block_path, index, config)
+        layer.info.update(attention_kind(config, index))
         if attn:
             layer.children.append(attn)
         layer.children.append(_mlp_part(model, table, block_path, index))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -9,7 +10,9 @@ from torch import Tensor
 from engine.addresses import resolve_point
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
-from engine.runner import encode, forward
+from engine.progress import Progress
+from engine.run import run
+from engine.runner import encode
 
 
 def capture_prompt(
@@ -17,6 +20,9 @@ def capture_prompt(
     prompt: str,
     addresses: Sequence[str],
     interventions: Sequence[Intervention] = (),
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Tensor], list[int]]:
     """``{canonical address: tensor}`` for one forward pass of ``prompt``, and its token ids.
 
@@ -25,5 +31,5 @@ def capture_prompt(
     """
     canonical = [resolve_point(loaded.anatomy, address).address for address in addresses]
     ids = encode(loaded, prompt)
-    _, tap = forward(loaded, ids, capture=canonical, interventions=interventions)
+    tap = run(loaded, ids, capture=canonical, interventions=interventions, cancel=cancel, progress=progress).tap
     return {address: tap[address] for address in canonical}, ids[0].tolist()

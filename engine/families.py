@@ -8,6 +8,7 @@ top-level module (first match wins), so ``LlamaForCausalLM`` and ``LlamaModel`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # How a fused qkv weight stacks its rows (or Conv1D columns).
 QKV_CONCAT = "concat"  # [q heads | k heads | v heads]
@@ -26,6 +27,8 @@ class AttentionTable:
     conv1d: bool = False  # GPT-2 Conv1D stores weights transposed ([in, out])
     pattern_module: str | None = None  # module whose output[1] holds attention weights (eager)
     out_module: str | None = None  # module whose output is the attention's residual contribution
+    q_norm: str | None = None  # per-head RMSNorm on queries (Gemma 3, Qwen 3), relative to a block
+    k_norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class FamilyTable:
     lm_head: str | None = "lm_head"  # relative to the top-level module
     extra_embeds: dict[str, str] = field(default_factory=dict)  # e.g. pos_embed
     norm_kind: str = "layernorm"  # or "rmsnorm"
-    layout: str = "pre_norm"  # pre_norm | post_norm | parallel
+    layout: str = "pre_norm"  # pre_norm | post_norm | parallel | sandwich (pre- and post-norms)
     rotary: bool = False
     has_rotary_module: str | None = None  # base-relative path of the shared rotary module
 
@@ -76,9 +79,34 @@ def _llama_like(name: str, model_types: tuple[str, ...]) -> FamilyTable:
     )
 
 
+# Gemma 2 and 3 wrap both attention and MLP in a norm before and after (the "sandwich"):
+# the residual gets post_norm(block(pre_norm(x))). The heads are still cut at o_proj's input;
+# what they write through o_proj sums to the attention output *before* its post-norm.
+SANDWICH_NORMS = {
+    "norm1": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
+    "norm2": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm",
+}
+
+
+def _gemma_sandwich(name: str, model_types: tuple[str, ...], qk_norm: bool) -> FamilyTable:
+    attention = AttentionTable(
+        module="self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+        o="self_attn.o_proj", pattern_module="self_attn", out_module="self_attn",
+        q_norm="self_attn.q_norm" if qk_norm else None, k_norm="self_attn.k_norm" if qk_norm else None,
+    )
+    return FamilyTable(
+        name=name, model_types=model_types, bases=("model", ""), blocks="layers",
+        embed="embed_tokens", attention=attention, mlp=GATED_MLP, norms=SANDWICH_NORMS,
+        final_norm="norm", norm_kind="rmsnorm", layout="sandwich", rotary=True,
+        has_rotary_module="rotary_emb",
+    )
+
+
 FAMILIES: tuple[FamilyTable, ...] = (
     _llama_like("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3")),
     _llama_like("gemma", ("gemma",)),
+    _gemma_sandwich("gemma2", ("gemma2",), qk_norm=False),
+    _gemma_sandwich("gemma3", ("gemma3_text",), qk_norm=True),
     FamilyTable(
         name="gpt2", model_types=("gpt2",), bases=("transformer", ""), blocks="h", embed="wte",
         extra_embeds={"pos_embed": "wpe"},
@@ -167,7 +195,7 @@ class HeadGeometry:
         return head // self.group_size
 
 
-def head_geometry(config: object) -> HeadGeometry:
+def head_geometry(config: Any) -> HeadGeometry:
     """Head counts from any transformers config (attribute maps make the names uniform)."""
     n_heads = int(config.num_attention_heads)
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads

@@ -73,6 +73,7 @@ def _same(a: Intervention, b: Intervention) -> bool:
     for x, y in ((a.vector, b.vector), (a.value, b.value)):
         if (x is None) != (y is None):
             return False
-        if x is not None and (x.shape != y.shape or not torch.equal(x.detach().cpu(), y.detach().cpu())):
+        if x is not None and y is not None and (
+                x.shape != y.shape or not torch.equal(x.detach().cpu(), y.detach().cpu())):
             return False
     return True

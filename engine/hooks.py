@@ -11,88 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
-from engine.addresses import Target, resolve, resolve_point
+from engine.addresses import Target, resolve_point
 from engine.anatomy import Anatomy
-from engine.errors import AddressError, Cancelled, InterventionError
+from engine.errors import InterventionError
 from engine.interventions import Intervention, RunMask, edits_for
-from engine.tensors import first_tensor, replace_first, split_heads
+from engine.progress import Progress, check_cancel, notify
+from engine.sites import Edit, Site, head_view, site_for
+from engine.tensors import first_tensor, replace_first
 
-Edit = Callable[[Tensor], Tensor | None]
+Observer = Callable[[Tensor], None]
 
-
-@dataclass(frozen=True)
-class Site:
-    module_path: str
-    phase: str  # "pre": the module's first input; "post": its output
-    output_index: int = 0  # which output item, for modules returning tuples
-
-
-def _join(*parts: str | None) -> str:
-    return ".".join(p for p in parts if p)
-
-
-def site_for(anatomy: Anatomy, target: Target) -> Site:
-    """Where a capture point's value flows: the module and hook phase."""
-    part, point = target.part, target.point
-    table = anatomy.family
-    layer = target.layer
-    if table is None or layer is None or part.kind in ("norm", "proj"):
-        if part.module_path is None:
-            raise AddressError(f"'{target.address}' has no module to hook")
-        return Site(part.module_path, "pre" if point == "in" else "post")
-    block = anatomy.module_path_of(layer, "").rstrip(".")
-    attn, mlp = table.attention, table.mlp
-    if part.kind == "layer":
-        return Site(block, "pre" if point == "in" else "post")
-    if part.kind in ("attn", "head"):
-        if point == "in":
-            return Site(_join(block, attn.module), "pre")
-        if point == "out":
-            return Site(_join(block, attn.out_module or attn.module), "post")
-        if point == "z":
-            return Site(_join(block, attn.o), "pre")
-        if point == "pattern":
-            return Site(_join(block, attn.pattern_module or attn.module), "post", 1)
-    if part.kind == "mlp":
-        if point == "in":
-            return Site(_join(block, mlp.module or mlp.up or mlp.gate_up), "pre")
-        if point == "out":
-            return Site(_join(block, mlp.out_module or mlp.module), "post")
-        if point == "hidden":
-            return Site(_join(block, mlp.down), "pre")
-    raise AddressError(f"'{target.address}' is not a capture point of this model")
-
-
-def head_view(target: Target, anatomy: Anatomy, edit: Edit) -> Edit:
-    """Lift an edit of one head's slice to an edit of the whole site value."""
-    head = target.head
-    if head is None:
-        return edit
-    n_heads = anatomy.geometry.n_heads
-
-    def on_full(value: Tensor) -> Tensor:
-        if target.point == "pattern":
-            updated = edit(value[:, head])
-            if updated is None:
-                return value
-            value = value.clone()
-            value[:, head] = updated
-            return value
-        heads = split_heads(value, n_heads)
-        updated = edit(heads[..., head, :])
-        if updated is None:
-            return value
-        heads = heads.clone()
-        heads[..., head, :] = updated
-        return heads.flatten(-2)
-
-    return on_full
+__all__ = ["Observer", "Edit", "Site", "SiteHooks", "Tap", "head_view", "hooked", "installed", "site_for"]
 
 
 @dataclass
@@ -101,7 +36,7 @@ class SiteHooks:
 
     site: Site
     edits: list[Edit] = field(default_factory=list)
-    observers: list[Callable[[Tensor], None]] = field(default_factory=list)
+    observers: list[Edit] = field(default_factory=list)  # their return value is ignored
 
     def apply(self, value: Tensor) -> Tensor:
         for edit in self.edits:
@@ -132,7 +67,8 @@ class Tap:
     def keys(self):
         return self.captured.keys()
 
-    def _record(self, address: str, value: Tensor) -> None:
+    def record(self, address: str, value: Tensor) -> None:
+        """Keep ``value`` as this pass's capture at ``address`` (and in the history, if kept)."""
         self.captured[address] = value.detach()
         self.calls[address] = self.calls.get(address, 0) + 1
         if self.history is not None:
@@ -183,13 +119,21 @@ def hooked(
     interventions: Sequence[Intervention] = (),
     cancel: threading.Event | None = None,
     history: bool = False,
+    *,
+    observers: Mapping[str, Observer] | None = None,
+    edits: Sequence[tuple[Target, Edit]] = (),
+    progress: Progress | None = None,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
+    At each site the interventions run first, then the raw ``edits`` (``(target, fn)``, as
+    batched sweeps edit one row each), then ``observers`` (``{address: fn(value)}``, for
+    streaming statistics that keep no tensor) and the captures, which see the final value.
     With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
-    is set, so Esc interrupts even one long pass. With ``history``, the tap keeps every
-    pass's capture (``tap.history``), as cached generation steps need. Every hook, swapped
-    module and attention-implementation change is undone on exit, also when the block raises.
+    is set, so Esc interrupts even one long pass; ``progress`` hears of each layer. With
+    ``history``, the tap keeps every pass's capture (``tap.history``), as cached generation
+    steps need. Every hook, swapped module and attention-implementation change is undone on
+    exit, also when the block raises.
     """
     tap = Tap(history=history)
     bundles: dict[Site, SiteHooks] = {}
@@ -208,18 +152,26 @@ def hooked(
                     parent_path, _, attr = plan.swap[0].rpartition(".")
                     parent = model.get_submodule(parent_path)
                     swaps.append((parent, attr, getattr(parent, attr)))
-                    setattr(parent, attr, plan.swap[1])
+                    setattr(parent, attr, _on_device_of(plan.swap[1], getattr(parent, attr)))
                     continue
+                if plan.site is None or plan.edit is None:
+                    raise InterventionError(f"{intervention.describe()} planned neither an edit nor a swap")
                 bundle = bundle_for(plan.site)
                 (bundle.observers if plan.observe else bundle.edits).append(plan.edit)
+        for target, edit in edits:
+            bundle_for(site_for(anatomy, target)).edits.append(edit)
+        observed = [(resolve_point(anatomy, address), observe) for address, observe in (observers or {}).items()]
+        for target, observe in observed:
+            bundle_for(site_for(anatomy, target)).observers.append(head_view(target, anatomy, _returning_none(observe)))
         for target in capture_targets:
             address = target.address
-            observer = head_view(target, anatomy, lambda value, a=address: tap._record(a, value))
+            observer = head_view(target, anatomy, _recorder(tap, address))
             bundle_for(site_for(anatomy, target)).observers.append(observer)
-        with installed(model, bundles, eager=_needs_eager(capture_targets)) as handles:
-            if cancel is not None:
-                handles.extend(_cancel_checks(model, anatomy, cancel))
-            if any(item.kind == "ablate" and item.mode == "mean" for item in interventions):
+        eager = _needs_eager([*capture_targets, *(target for target, _ in observed)])
+        with installed(model, bundles, eager=eager) as handles:
+            if cancel is not None or progress is not None:
+                handles.extend(_layer_checks(model, anatomy, cancel, progress))
+            if any(item.needs_mask() for item in interventions):
                 handles.append(model.register_forward_pre_hook(_mask_recorder(mask), with_kwargs=True))
             yield tap
     finally:
@@ -235,11 +187,13 @@ def installed(model: nn.Module, bundles: dict[Site, SiteHooks], *, eager: bool =
     """
     handles: list = []
     previous_impl = None
+    config: Any = getattr(model, "config", None)
+    set_impl: Callable[[str], None] = getattr(model, "set_attn_implementation", lambda name: None)
     try:
-        if eager:
-            previous_impl = model.config._attn_implementation
+        if eager and config is not None:
+            previous_impl = config._attn_implementation
             if previous_impl != "eager":
-                model.set_attn_implementation("eager")
+                set_impl("eager")
         for site, bundle in bundles.items():
             module = model.get_submodule(site.module_path)
             if site.phase == "pre":
@@ -251,7 +205,15 @@ def installed(model: nn.Module, bundles: dict[Site, SiteHooks], *, eager: bool =
         for handle in handles:
             handle.remove()
         if previous_impl is not None and previous_impl != "eager":
-            model.set_attn_implementation(previous_impl)
+            set_impl(previous_impl)
+
+
+def _on_device_of(replacement: nn.Module, original: nn.Module) -> nn.Module:
+    """A replacing module moves to where the module it replaces runs (split models too)."""
+    from engine.devices import execution_device
+
+    device = execution_device(original)
+    return replacement.to(device) if device is not None else replacement
 
 
 def _mask_recorder(mask: RunMask):
@@ -263,16 +225,37 @@ def _mask_recorder(mask: RunMask):
     return record
 
 
-def _cancel_checks(model: nn.Module, anatomy: Anatomy, cancel: threading.Event) -> list:
-    """Pre-hooks on every layer (or the whole model, without a family table) that stop the pass."""
+def _recorder(tap: Tap, address: str) -> Edit:
+    def record(value: Tensor) -> None:
+        tap.record(address, value)
 
-    def check(module: nn.Module, args: tuple) -> None:
-        if cancel.is_set():
-            raise Cancelled("the forward pass was cancelled")
+    return record
 
-    check._garage_hook = True  # type: ignore[attr-defined]
+
+def _returning_none(observe: Observer) -> Edit:
+    def edit(value: Tensor) -> None:
+        observe(value)
+        return None
+
+    return edit
+
+
+def _layer_checks(model: nn.Module, anatomy: Anatomy, cancel: threading.Event | None,
+                  progress: Progress | None) -> list:
+    """Pre-hooks on every layer (or the whole model, without a family table): stop the pass
+    once ``cancel`` is set, and tell ``progress`` which layer is starting."""
     modules = [model.get_submodule(anatomy.module_path_of(i, "").rstrip(".")) for i in range(anatomy.n_layers)]
-    return [module.register_forward_pre_hook(check) for module in modules or [model]]
+    count = len(modules) or 1
+
+    def check_at(index: int):
+        def check(module: nn.Module, args: tuple) -> None:
+            check_cancel(cancel, "the forward pass")
+            notify(progress, f"layer {index + 1}/{count}", index / count)
+
+        check._garage_hook = True  # type: ignore[attr-defined]
+        return check
+
+    return [module.register_forward_pre_hook(check_at(index)) for index, module in enumerate(modules or [model])]
 
 
 def hook_inventory(model: nn.Module) -> set[tuple[str, str, int]]:
@@ -295,6 +278,3 @@ def count_garage_hooks(model: nn.Module) -> int:
         for hook in hooks.values()
     )
 
-
-def resolve_all(anatomy: Anatomy, addresses: Sequence[str]) -> list[Target]:
-    return [resolve(anatomy, address) for address in addresses]

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from engine.addresses import Target, resolve, resolve_point
 from engine.anatomy import Anatomy
 from engine.errors import InterventionError
+from engine.registry import Registry
+from engine.sites import Site, head_view, site_for
 from engine.tensors import position_mean
 
 ABLATE_MODES = ("zero", "mean")
@@ -40,25 +42,22 @@ class Intervention:
     origin: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        if self.kind == "ablate":
-            return f"{self.mode}-ablate {self.address}"
-        if self.kind == "scale":
-            return f"scale {self.address} ×{self.factor:g}"
-        if self.kind == "steer":
-            return f"steer {self.address} (strength {self.strength:g})"
-        if self.kind == "patch":
-            return f"patch {self.address}"
-        return f"replace {self.address}"
+        """One line for lists and status bars, e.g. ``zero-ablate L3.attn.h2``."""
+        return INTERVENTIONS.get(self.kind).describe(self)
+
+    def position_independent(self) -> bool:
+        """True when every position is edited alike, so cached decoding is exact (else: rerun)."""
+        return self.kind in INTERVENTIONS and INTERVENTIONS.get(self.kind).position_independent(self)
+
+    def needs_mask(self) -> bool:
+        """True when the edit reads the pass's attention mask (mean ablation leaves pads out)."""
+        return self.kind in INTERVENTIONS and INTERVENTIONS.get(self.kind).needs_mask(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description; tensors and modules are named, not embedded."""
         doc: dict[str, Any] = {"kind": self.kind, "address": self.address}
-        if self.kind == "ablate":
-            doc["mode"] = self.mode
-        if self.kind == "scale":
-            doc["factor"] = self.factor
-        if self.kind == "steer":
-            doc["strength"] = self.strength
+        for name in INTERVENTIONS.get(self.kind).fields:
+            doc[name] = getattr(self, name)
         if self.positions is not None:
             doc["positions"] = list(self.positions)
         if self.origin is not None:
@@ -89,33 +88,13 @@ def steer(address: str, vector: Tensor, strength: float = 1.0, positions: Sequen
           origin: dict[str, Any] | None = None) -> Intervention:
     """Add ``strength * vector`` to a residual point (a layer means its output).
 
-    ``origin`` records what the vector was made from (see ``steer_from_prompts``) so a session
+    ``origin`` records what the vector was made from (see ``engine.analyzers.steering.steer_from_prompts``) so a session
     can store the steer as data and recompute the vector on restore.
     """
-    return Intervention("steer", address, vector=vector, strength=float(strength),
-                        positions=list(positions) if positions is not None else None, origin=origin)
-
-
-def steer_from_prompts(loaded: Any, address: str, positive: Sequence[str], negative: Sequence[str],
-                       strength: float = 4.0) -> Intervention:
-    """A steer on layer ``address`` whose vector is the positive-minus-negative residual mean there.
-
-    The vector comes from ``engine.analyzers.steering.steering_vector`` at the layer's output;
-    the prompts travel in ``origin``, so the same call rebuilds an equal vector later.
-    """
-    from engine.analyzers.steering import steering_vector  # it imports this module
-
-    target = resolve(loaded.anatomy, address)
-    if target.part.kind != "layer" or target.point not in (None, "out"):
-        raise InterventionError(
-            f"cannot steer '{address}' from prompts: pick a layer such as L10 (its output is steered)"
-        )
     if not math.isfinite(float(strength)):
         raise InterventionError(f"steering strength for '{address}' must be a finite number, got {strength}")
-    positive, negative = [str(p) for p in positive], [str(n) for n in negative]
-    layer = int(target.part.address.removeprefix("L"))
-    vector = steering_vector(loaded, layer, positive, negative).vector
-    return steer(target.part.address, vector, strength, origin={"positive": positive, "negative": negative})
+    return Intervention("steer", address, vector=vector, strength=float(strength),
+                        positions=list(positions) if positions is not None else None, origin=origin)
 
 
 def patch(address: str, value: Tensor, positions: Sequence[int] | None = None) -> Intervention:
@@ -129,10 +108,32 @@ def replace(address: str, module: nn.Module) -> Intervention:
 
 @dataclass
 class EditPlan:
-    site: Any = None
+    site: Site | None = None
     edit: Callable[[Tensor], Tensor | None] | None = None
     swap: tuple[str, nn.Module] | None = None
     observe: bool = False  # run after every edit at the site, seeing the final value
+
+
+@dataclass(frozen=True)
+class InterventionKind:
+    """How one kind of intervention is planned, described and serialised (see ``INTERVENTIONS``)."""
+
+    name: str
+    plan: Callable[[Anatomy, Intervention, RunMask | None], list[EditPlan]]  # the hook edits
+    describe: Callable[[Intervention], str]
+    fields: tuple[str, ...] = ()  # scalar fields ``to_dict`` writes beside kind and address
+    position_independent: Callable[[Intervention], bool] = lambda item: False
+    needs_mask: Callable[[Intervention], bool] = lambda item: False  # reads the pass's attention mask
+    # rebuilds one from its ``to_dict()`` document; None: it carries a tensor sessions do not store
+    restore: Callable[[dict[str, Any]], Intervention] | None = None
+
+
+INTERVENTIONS: Registry[InterventionKind] = Registry("intervention", InterventionError)
+
+
+def register_intervention(kind: InterventionKind) -> InterventionKind:
+    """Make ``kind`` known by name to ``edits_for``, ``describe`` and ``to_dict``."""
+    return INTERVENTIONS.register(kind.name, kind)
 
 
 @dataclass
@@ -155,9 +156,11 @@ def _check_kind(target: Target, kinds: Sequence[str], verb: str) -> None:
         )
 
 
-def _output_transform(intervention: Intervention, mask: RunMask | None) -> Callable[[Tensor], Tensor]:
-    if intervention.kind == "scale":
-        return lambda value: value * intervention.factor
+def _scale_transform(intervention: Intervention, mask: RunMask | None) -> Callable[[Tensor], Tensor]:
+    return lambda value: value * intervention.factor
+
+
+def _ablate_transform(intervention: Intervention, mask: RunMask | None) -> Callable[[Tensor], Tensor]:
     if intervention.mode == "mean":
         held: list[Tensor] = []
 
@@ -177,13 +180,16 @@ def edits_for(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None
 
     ``mask`` lets mean ablation leave padded positions out of its mean.
     """
-    from engine.hooks import head_view, site_for  # hooks imports this module
+    return INTERVENTIONS.get(intervention.kind).plan(anatomy, intervention, mask)
 
-    kind = intervention.kind
-    if kind in ("ablate", "scale"):
+
+def _part_output_edits(make: Callable[[Intervention, RunMask | None], Callable[[Tensor], Tensor]]):
+    """A planner editing a part's output (a head's z; a layer's delta) with ``make``'s transform."""
+
+    def plan(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None) -> list[EditPlan]:
         target = resolve(anatomy, intervention.address)
-        _check_kind(target, EDITABLE_KINDS, kind)
-        transform = _output_transform(intervention, mask)
+        _check_kind(target, EDITABLE_KINDS, intervention.kind)
+        transform = make(intervention, mask)
         part = target.part
         if part.kind == "head":
             z = Target(part, "z")
@@ -191,41 +197,48 @@ def edits_for(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None
         if part.kind == "layer":
             return _layer_delta_edits(anatomy, target, transform)
         return [EditPlan(site_for(anatomy, Target(part, "out")), transform)]
-    if kind == "steer":
-        target = resolve_point(anatomy, intervention.address)
-        if target.part.kind != "layer" and target.part.kind not in ("embed", "final_norm"):
-            raise InterventionError(
-                f"cannot steer '{target.address}': steer a residual point such as L10 or L10.in"
-            )
-        return [EditPlan(site_for(anatomy, target), _steer_edit(intervention, anatomy))]
-    if kind == "patch":
-        target = resolve_point(anatomy, intervention.address)
-        if intervention.value is None:
-            raise InterventionError(f"patch of '{target.address}' needs a value tensor")
-        if target.point == "pattern":
-            raise InterventionError(
-                f"cannot patch '{target.address}': attention weights are an output the model does not "
-                f"read back; patch {target.part.address}.z instead"
-            )
-        return [EditPlan(site_for(anatomy, target), head_view(target, anatomy, _patch_edit(intervention, target)))]
-    if kind == "replace":
-        target = resolve(anatomy, intervention.address)
-        if target.part.kind == "head" or not target.part.module_path or intervention.module is None:
-            raise InterventionError(f"cannot replace '{target.address}': name a part with a module and give one")
-        return [EditPlan(swap=(target.part.module_path, intervention.module))]
-    raise InterventionError(f"unknown intervention '{kind}'; use ablate, scale, steer, patch or replace")
+
+    return plan
+
+
+def _plan_steer(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None) -> list[EditPlan]:
+    target = resolve_point(anatomy, intervention.address)
+    if target.part.kind != "layer" and target.part.kind not in ("embed", "final_norm"):
+        raise InterventionError(
+            f"cannot steer '{target.address}': steer a residual point such as L10 or L10.in"
+        )
+    return [EditPlan(site_for(anatomy, target), _steer_edit(intervention, anatomy))]
+
+
+def _plan_patch(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None) -> list[EditPlan]:
+    target = resolve_point(anatomy, intervention.address)
+    if intervention.value is None:
+        raise InterventionError(f"patch of '{target.address}' needs a value tensor")
+    if target.point == "pattern":
+        raise InterventionError(
+            f"cannot patch '{target.address}': attention weights are an output the model does not "
+            f"read back; patch {target.part.address}.z instead"
+        )
+    return [EditPlan(site_for(anatomy, target), head_view(target, anatomy, _patch_edit(intervention, target)))]
+
+
+def _plan_replace(anatomy: Anatomy, intervention: Intervention, mask: RunMask | None) -> list[EditPlan]:
+    target = resolve(anatomy, intervention.address)
+    if target.part.kind == "head" or not target.part.module_path or intervention.module is None:
+        raise InterventionError(f"cannot replace '{target.address}': name a part with a module and give one")
+    return [EditPlan(swap=(target.part.module_path, intervention.module))]
 
 
 def _layer_delta_edits(anatomy: Anatomy, target: Target, transform: Callable[[Tensor], Tensor]) -> list[EditPlan]:
-    from engine.hooks import site_for
-
     held = _LayerInput()
 
     def remember(value: Tensor) -> None:
         held.value = value
 
     def on_output(value: Tensor) -> Tensor:
-        residual_in = held.value
+        if held.value is None:  # the layer's input hook runs first in every pass
+            raise InterventionError(f"the input of {target.address} was not seen before its output")
+        residual_in = held.value.to(value.device)  # a split model's layer may run on another device
         return residual_in + transform(value - residual_in)
 
     return [
@@ -258,6 +271,8 @@ def _steer_edit(intervention: Intervention, anatomy: Anatomy) -> Callable[[Tenso
 
 def _patch_edit(intervention: Intervention, target: Target) -> Callable[[Tensor], Tensor]:
     source = intervention.value
+    if source is None:
+        raise InterventionError(f"patch of '{target.address}' needs a value tensor")
 
     def edit(value: Tensor) -> Tensor:
         patched_in = source.to(device=value.device, dtype=value.dtype)
@@ -284,3 +299,25 @@ def _check_positions(intervention: Intervention, run_length: int, value_length: 
                 f"position {position} of {intervention.kind} at '{intervention.address}' is out of range: "
                 f"the run has {run_length} positions (count from 0, negative from the end)"
             )
+
+
+def _restore_scale(document: dict[str, Any]) -> Intervention:
+    factor = document.get("factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+        raise InterventionError(f"scale intervention on {document['address']} needs a numeric 'factor'")
+    return scale(document["address"], float(factor))
+
+
+register_intervention(InterventionKind(
+    "ablate", _part_output_edits(_ablate_transform), lambda i: f"{i.mode}-ablate {i.address}", ("mode",),
+    position_independent=lambda i: i.mode == "zero", needs_mask=lambda i: i.mode == "mean",
+    restore=lambda doc: ablate(doc["address"], str(doc.get("mode", "zero")))))
+register_intervention(InterventionKind(
+    "scale", _part_output_edits(_scale_transform), lambda i: f"scale {i.address} ×{i.factor:g}", ("factor",),
+    position_independent=lambda i: True, restore=_restore_scale))
+register_intervention(InterventionKind(
+    "steer", _plan_steer, lambda i: f"steer {i.address} (strength {i.strength:g})", ("strength",),
+    position_independent=lambda i: i.positions is None))
+register_intervention(InterventionKind("patch", _plan_patch, lambda i: f"patch {i.address}"))
+register_intervention(InterventionKind(
+    "replace", _plan_replace, lambda i: f"replace {i.address}", position_independent=lambda i: True))

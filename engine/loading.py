@@ -32,7 +32,9 @@ from engine.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from engine.gguf_cache import MARKER, cached_folder_for, converted_folder
+from engine.folder_check import check_config_file, check_model_folder, check_tokenizer_file, check_weights_present
+from engine.gguf_cache import cached_folder_for, check_entry, converted_folder
+from engine.limits import check_config_sizes
 from engine.tensors import dtype_from_name
 
 Progress = Callable[[str, float | None], None]
@@ -64,7 +66,12 @@ class LoadedModel:
 
     @property
     def input_device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        model: Any = self.model  # an HF PreTrainedModel; nn.Module's typing would hide the method
+        embeddings: Any = model.get_input_embeddings()
+        hook: Any = getattr(embeddings, "_hf_hook", None)  # offloaded to disk: weights on meta, run elsewhere
+        if embeddings.weight.device.type == "meta" and getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
+        return embeddings.weight.device
 
     @property
     def is_causal_lm(self) -> bool:
@@ -104,11 +111,14 @@ def check_device(device: str, dtype: str) -> None:
         )
 
 
-def _placement(device: str) -> dict[str, Any]:
+def _placement(device: str, max_memory: dict[int | str, int | str] | None = None,
+               offload_folder: str | None = None) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` that place the weights."""
     if device == "auto":
-        # accelerate spreads layers over every GPU (then CPU) for models larger than one device.
-        return {"device_map": "auto"}
+        # accelerate spreads layers over every GPU, then CPU, then disk (the offload folder),
+        # within max_memory; engine.fit_plan computes the same map before loading.
+        budget = {"max_memory": dict(max_memory)} if max_memory else {}
+        return {"device_map": "auto", **budget, **({"offload_folder": offload_folder} if offload_folder else {})}
     return {"device_map": {"": device}}
 
 
@@ -156,6 +166,21 @@ class _Source:
     file: Path | None = None  # .safetensors or .gguf file
     hub_id: str | None = None
 
+    @property
+    def path(self) -> Path:
+        """The file this source names, else its folder (every kind but ``hub`` has one)."""
+        found = self.file or self.folder
+        if found is None:
+            raise ModelLoadError(f"'{self.name}' names no local file or folder; pass a path")
+        return found
+
+    @property
+    def local_folder(self) -> Path:
+        found = self.folder or (self.file.parent if self.file is not None else None)
+        if found is None:
+            raise ModelLoadError(f"'{self.name}' names no local folder; pass a path")
+        return found
+
 
 def locate(spec: str) -> _Source:
     """Decide what a model argument names, checking files before transformers reads them."""
@@ -170,6 +195,7 @@ def locate(spec: str) -> _Source:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"folder {path} has no config.json; pass a Hugging Face model folder")
+            check_model_folder(path, weights=False)  # config sizes, weight index: before transformers reads them
             weights = sorted(path.glob("*.safetensors"))
             for weight_file in weights:
                 check_safetensors(weight_file)
@@ -183,6 +209,7 @@ def locate(spec: str) -> _Source:
                 raise ModelLoadError(
                     f"{path} has no config.json beside it; put the model's config.json in {path.parent}"
                 )
+            check_config_file(path.parent / "config.json")
             return _Source(path.stem, "safetensors", folder=path.parent, file=path)
         if path.name == "config.json":
             return _Source(path.parent.name, "config", folder=path.parent, file=path)
@@ -200,7 +227,7 @@ def _load_config(source: _Source) -> Any:
 
     try:
         if source.kind == "config":
-            doc = json.loads(source.file.read_text())
+            doc = check_config_file(source.path)
             if not isinstance(doc, dict):
                 raise ModelLoadError(f"{source.file} is not a transformers config (expected a JSON object)")
             model_type = doc.pop("model_type", None)
@@ -208,10 +235,10 @@ def _load_config(source: _Source) -> Any:
                 raise ModelLoadError(f"{source.file} has no model_type; it is not a transformers config")
             return transformers.AutoConfig.for_model(model_type, **doc)
         if source.kind in ("gguf", "bundled-gguf"):
-            return transformers.AutoConfig.from_pretrained(source.folder, gguf_file=source.file.name)
+            return transformers.AutoConfig.from_pretrained(source.local_folder, gguf_file=source.path.name)
         if source.kind == "hub":
-            return transformers.AutoConfig.from_pretrained(source.hub_id)
-        return transformers.AutoConfig.from_pretrained(source.folder)
+            return transformers.AutoConfig.from_pretrained(str(source.hub_id))
+        return transformers.AutoConfig.from_pretrained(source.local_folder)
     except GarageError:
         raise
     except (ValueError, KeyError, OSError, TypeError, StrictDataclassError) as exc:
@@ -236,31 +263,43 @@ def open_model(
     attn_implementation: str | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
-    """Open ``spec`` with weights (or only its structure, on the meta device)."""
+    """Open ``spec`` with weights (or only its structure, on the meta device).
+
+    With ``device="auto"``, ``max_memory`` (``{0: "20GiB", "cpu": "30GiB"}``) bounds each device
+    and what does not fit is offloaded to ``offload_folder`` (default: under the cache folder).
+    """
     check_device(device, dtype)
     _quiet_transformers()
     source = locate(spec)
     if source.kind == "hub" and not _hub_reachable():
         raise HubUnreachableError(
             f"cannot reach the model hub to fetch '{spec}' (offline); pass a local folder, "
-            ".safetensors or .gguf path, or a bundled name (smollm2-135m, minilm-l6)"
+            f".safetensors or .gguf path, or a bundled name ({', '.join(BUNDLED)})"
         )
     _notify(progress, "reading config", 0.0)
     weights_source = source
     if source.kind in ("gguf", "bundled-gguf"):
-        cached = cached_folder_for(source.file)
+        cached = cached_folder_for(source.path, dtype)
         # Parsing GGUF metadata for the config takes seconds; the cached folder's config is instant.
-        if (cached / MARKER).is_file() or not structure_only:
+        if not structure_only or check_entry(cached).ok:
             weights_source = _Source(source.name, "folder", folder=converted_folder(
-                source.file, progress=progress, cancel=cancel))
+                source.path, progress=progress, cancel=cancel, dtype=dtype))
     config = _load_config(weights_source)
+    check_config_sizes(config, f"the config of {spec}")  # before any module is made, meta ones too
     _check_cancel(cancel)
     if structure_only or source.kind == "config":
         return _open_structure(source, config, dtype)
     _check_cancel(cancel)
     _notify(progress, "loading weights", 0.3)
-    model = _load_weights(weights_source, config, device, dtype, attn_implementation)
+    if device == "auto" and offload_folder is None:
+        from engine.storage import cache_dir
+
+        offload_folder = cache_dir() / "offload" / source.name
+    model = _load_weights(weights_source, config, device, dtype, attn_implementation,
+                          max_memory=max_memory, offload_folder=str(offload_folder) if offload_folder else None)
     _check_cancel(cancel)
     _notify(progress, "loading tokenizer", 0.8)
     tokenizer = _load_tokenizer(weights_source)
@@ -287,15 +326,19 @@ def _open_structure(source: _Source, config: Any, dtype: str) -> LoadedModel:
     )
 
 
-def _load_weights(source: _Source, config: Any, device: str, dtype: str, attn_implementation: str | None) -> nn.Module:
+def _load_weights(source: _Source, config: Any, device: str, dtype: str, attn_implementation: str | None,
+                  max_memory: dict[int | str, int | str] | None = None, offload_folder: str | None = None) -> nn.Module:
     model_class = _model_class(config)
-    kwargs: dict[str, Any] = {"dtype": dtype_from_name(dtype), **_placement(device)}
+    kwargs: dict[str, Any] = {"dtype": dtype_from_name(dtype), **_placement(device, max_memory, offload_folder)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         if source.kind == "safetensors":
-            return _load_single_file(model_class, source.file, config, kwargs)
+            return _load_single_file(model_class, source.path, config, kwargs)
         where = source.hub_id or str(source.folder)
+        if source.hub_id is None and source.folder is not None:
+            check_weights_present(source.folder)  # a pickle-only folder is named, never unpickled
+            check_tokenizer_file(source.folder)
         return model_class.from_pretrained(where, trust_remote_code=False, **kwargs)
     except GarageError:
         raise
@@ -324,8 +367,9 @@ def _load_single_file(model_class, path: Path, config: Any, kwargs: dict[str, An
     if device_map == "auto":
         from accelerate import dispatch_model, infer_auto_device_map
 
-        plan = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
-        return dispatch_model(model, plan)
+        plan = infer_auto_device_map(model, max_memory=kwargs.get("max_memory"),
+                                     no_split_module_classes=list(model._no_split_modules or []))
+        return dispatch_model(model, plan, offload_dir=kwargs.get("offload_folder"))
     if isinstance(device_map, dict) and "" in device_map:
         model.to(device_map[""])
     return model
@@ -339,3 +383,14 @@ def _load_tokenizer(source: _Source) -> Any:
         return transformers.AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a model without tokenizer files still opens; prompts then need token ids
+
+
+# Public names for what other rooms reuse (the build bench, the parts bin, the fit planner).
+HUB_ID = _HUB_ID
+model_class = _model_class
+quiet_transformers = _quiet_transformers
+
+
+def hub_reachable() -> bool:
+    """Whether the model hub answers (looked up at call time, so tests can stand in for it)."""
+    return _hub_reachable()

@@ -11,22 +11,19 @@ along the position axis, and diffs like any other snapshot.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import torch
-from torch import Tensor
 
 from engine.addresses import resolve_point
-from engine.analyzers._sites import require_causal
-from engine.analyzers.generate import _position_independent
+from engine.analyzers.base import Progress, require_causal
+from engine.decode import greedy_decode
 from engine.errors import GarageError
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
-from engine.runner import encode, forward
+from engine.runner import encode
 from engine.snapshots import SNAPSHOT_FORMAT, Snapshot, all_points
-
-Step = Callable[[Tensor], Tensor]  # token ids so far → logits of the last position
 
 
 def take_motion_snapshot(
@@ -36,6 +33,7 @@ def take_motion_snapshot(
     interventions: Sequence[Intervention] = (),
     max_new_tokens: int = 16,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Snapshot:
     """Generate up to ``max_new_tokens`` greedily from ``prompt``, keeping every step's states.
 
@@ -53,9 +51,9 @@ def take_motion_snapshot(
                               "capture it in a snapshot without --generate")
         wanted.append(target.address)
     ids = encode(loaded, prompt)
-    cached = all(_position_independent(item) for item in interventions)
-    run = _cached_steps if cached else _rerun_steps
-    new_tokens, states = run(loaded, ids, wanted, list(interventions), max_new_tokens, cancel)
+    decoded = greedy_decode(loaded, ids, max_new_tokens, interventions, capture=wanted, feed_last=True,
+                            cancel=cancel, progress=progress)
+    new_tokens, states, cached = decoded.new_tokens, decoded.states, decoded.mode == "kv-cache"
     tensors = {address: torch.cat(states[address], dim=1) for address in wanted}
     metadata = {
         "format": SNAPSHOT_FORMAT, "model": loaded.name, "config_hash": loaded.config_hash,
@@ -68,36 +66,3 @@ def take_motion_snapshot(
                    "mode": "kv-cache" if cached else "rerun"},
     }
     return Snapshot(tensors, metadata)
-
-
-def _done(new_tokens: list[int], max_new_tokens: int, eos: int | None) -> bool:
-    return len(new_tokens) == max_new_tokens or bool(new_tokens) and new_tokens[-1] == eos
-
-
-def _cached_steps(loaded, ids, wanted, interventions, max_new_tokens, cancel):
-    from engine.hooks import hooked
-
-    eos = loaded.tokenizer.eos_token_id
-    new_tokens: list[int] = []
-    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, wanted, interventions, cancel,
-                                        history=True) as tap:
-        output = loaded.model(input_ids=ids, use_cache=True)
-        while not _done(new_tokens, max_new_tokens, eos):
-            new_tokens.append(int(output.logits[0, -1].argmax()))
-            # The new token goes in once more, so its own states are recorded too.
-            output = loaded.model(input_ids=ids.new_tensor([[new_tokens[-1]]]), cache=output.cache, use_cache=True)
-    return new_tokens, {address: tap.history[address] for address in wanted}
-
-
-def _rerun_steps(loaded, ids, wanted, interventions, max_new_tokens, cancel):
-    eos = loaded.tokenizer.eos_token_id
-    new_tokens: list[int] = []
-    states: dict[str, list[Tensor]] = {address: [] for address in wanted}
-    while True:
-        logits, tap = forward(loaded, ids, capture=wanted, interventions=interventions, cancel=cancel)
-        for address in wanted:
-            states[address].append(tap[address] if not new_tokens else tap[address][:, -1:])
-        if _done(new_tokens, max_new_tokens, eos):
-            return new_tokens, states
-        new_tokens.append(int(logits[0, -1].argmax()))
-        ids = torch.cat([ids, ids.new_tensor([[new_tokens[-1]]])], dim=1)

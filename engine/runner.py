@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from engine.errors import GarageError
-from engine.hooks import Tap, hooked
+from engine.hooks import Tap
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
+from engine.run import Progress, require_weights, run
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,18 @@ class RunResult:
     tap: Tap
 
 
-def _require_weights(loaded: LoadedModel) -> None:
-    if loaded.structure_only:
-        raise GarageError(f"'{loaded.name}' is open structure-only (no weights); open it with weights to run it")
-
-
 def encode(loaded: LoadedModel, prompt: str) -> Tensor:
     """Token ids ``[1, T]`` on the model's input device."""
-    _require_weights(loaded)
+    require_weights(loaded)
     if loaded.tokenizer is None:
         raise GarageError(f"'{loaded.name}' has no tokenizer files; put tokenizer.json beside its config.json")
     if not prompt:
         raise GarageError("the prompt is empty; pass some text with --prompt")
+    from engine.limits import check_context, check_prompt_chars
+
+    check_prompt_chars(prompt, loaded.config, loaded.name)  # a megabyte prompt is refused untokenized
     ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+    check_context(int(ids.shape[1]), loaded.config, loaded.name)
     return ids.to(loaded.input_device)
 
 
@@ -56,20 +56,14 @@ def forward(
     cancel: threading.Event | None = None,
     attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tap]:
-    """One forward pass under ``interventions``; returns the model's main output and the tap.
-
-    Setting ``cancel`` stops the pass at the next layer with ``Cancelled``. A padded batch
-    passes its ``attention_mask``; mean ablation then leaves the pads out of its mean.
-    """
-    _require_weights(loaded)
-    extra = {} if attention_mask is None else {"attention_mask": attention_mask.to(ids.device)}
-    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions, cancel) as tap:
-        output = loaded.model(input_ids=ids, **extra)
-    main = output.logits if hasattr(output, "logits") else output.last_hidden_state
-    return main, tap
+    """``engine.run.run`` returning ``(main output, tap)``, for callers written before it."""
+    output = run(loaded, ids, capture=capture, interventions=interventions, cancel=cancel,
+                 attention_mask=attention_mask)
+    return output.main, output.tap
 
 
 def top_tokens(loaded: LoadedModel, last_logits: Tensor, k: int) -> list[TokenGuess]:
+    """The ``k`` likeliest next tokens from one position's logits, best first."""
     probs = torch.softmax(last_logits.float(), dim=-1)
     values, indices = probs.topk(min(k, probs.shape[-1]))
     return [
@@ -86,6 +80,7 @@ def predict(
     capture: Sequence[str] = (),
     top_k: int = 5,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Next-token prediction for ``prompt`` under ``interventions``."""
     if not loaded.is_causal_lm and loaded.anatomy.family is None:
@@ -101,6 +96,6 @@ def predict(
     if top_k < 1:
         raise GarageError(f"--top-k must be at least 1, got {top_k}")
     ids = encode(loaded, prompt)
-    logits, tap = forward(loaded, ids, capture=capture, interventions=interventions, cancel=cancel)
-    last = logits[0, -1]
-    return RunResult(ids[0].tolist(), last, top_tokens(loaded, last, top_k), tap)
+    output = run(loaded, ids, capture=capture, interventions=interventions, cancel=cancel, progress=progress)
+    last = output.logits[0, -1]
+    return RunResult(ids[0].tolist(), last, top_tokens(loaded, last, top_k), output.tap)

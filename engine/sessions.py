@@ -1,9 +1,10 @@
 """The workbench as a versioned JSON document that restores exactly.
 
 A session names the open models (how to reopen them), the prompt, the selected part, the
-active interventions (as ``Intervention.to_dict()``), the recipe on the build bench, the pane
-and the theme. Reading never imports torch: interventions are rebuilt on demand by
-``interventions_from_session``, so the TUI can read a session before its first frame.
+active interventions (as ``Intervention.to_dict()``), the recipe on the build bench, and the
+app's own view state (``view``: free-form, the app decides what it names) and theme. Reading
+never imports torch: interventions are rebuilt on demand by ``interventions_from_session``,
+so the TUI can read a session before its first frame.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import GarageError
+from engine.limits import MAX_DOC_BYTES
 from engine.storage import atomic_write_json
 
 if TYPE_CHECKING:
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
     from engine.interventions import Intervention
 
 SESSION_VERSION = 1
-PANES = ("bay", "diagnostics", "parts", "bench")
 KIND = "model-garage-session"
 
 
@@ -49,7 +50,7 @@ class Session:
     selected: str | None = None
     interventions: list[dict[str, Any]] = field(default_factory=list)
     recipe: dict[str, Any] | None = None
-    pane: str = "bay"
+    view: str | None = None  # what the app was showing; the app validates it (older files call it "pane")
     theme: str | None = None
     title: str = ""
     notes: list[str] = field(default_factory=list)
@@ -73,21 +74,21 @@ def intervention_from_dict(document: dict[str, Any], loaded: Any = None) -> Inte
     A steer is rebuilt from its ``origin`` (positive and negative prompts) by recomputing the
     vector on ``loaded``, the open model; other tensor-carrying kinds are refused.
     """
-    from engine import interventions
+    from engine.interventions import INTERVENTIONS
 
     kind = document.get("kind")
     address = document.get("address")
     if not isinstance(address, str) or not address:
         raise SessionError(f"intervention {document!r} has no address; each needs e.g. \"address\": \"L10.attn.h3\"")
-    if kind == "ablate":
-        return _fitted(interventions.ablate(address, str(document.get("mode", "zero"))), loaded)
-    if kind == "scale":
-        factor = document.get("factor")
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
-            raise SessionError(f"scale intervention on {address} needs a numeric 'factor'")
-        return _fitted(interventions.scale(address, float(factor)), loaded)
     if kind == "steer" and document.get("origin") is not None:
         return _steer_from_document(document, address, loaded)
+    restore = INTERVENTIONS.get(kind).restore if isinstance(kind, str) and kind in INTERVENTIONS else None
+    if restore is not None:
+        try:
+            item = restore(document)
+        except GarageError as exc:
+            raise SessionError(str(exc)) from None
+        return _fitted(item, loaded)
     raise SessionError(
         f"intervention '{kind}' on {address} carries a tensor that sessions do not store; "
         "remove it from the session (ablate, scale and steers made from prompts restore)"
@@ -108,7 +109,7 @@ def _fitted(item: Intervention, loaded: Any) -> Intervention:
 
 
 def _steer_from_document(document: dict[str, Any], address: str, loaded: Any) -> Intervention:
-    from engine.interventions import steer_from_prompts
+    from engine.analyzers.steering import steer_from_prompts
 
     origin = document["origin"]
     texts = (origin.get("positive"), origin.get("negative")) if isinstance(origin, dict) else (None, None)
@@ -124,7 +125,7 @@ def _steer_from_document(document: dict[str, Any], address: str, loaded: Any) ->
     if positions is not None and not (isinstance(positions, list) and all(type(p) is int for p in positions)):
         raise SessionError(f"steer on {address} has 'positions' that are not a list of integers")
     try:
-        item = steer_from_prompts(loaded, address, texts[0], texts[1], float(strength))
+        item = steer_from_prompts(loaded, address, list(texts[0] or ()), list(texts[1] or ()), float(strength))
     except GarageError as exc:
         raise SessionError(f"steer on {address} cannot be rebuilt: {exc}") from None
     item.positions = positions
@@ -136,19 +137,19 @@ def interventions_from_session(session: Session, loaded: Any = None) -> list[Int
     return [intervention_from_dict(item, loaded) for item in session.interventions]
 
 
-def session_from_garage(garage: Garage, *, pane: str = "bay", theme: str | None = None,
+def session_from_garage(garage: Garage, *, view: str | None = None, theme: str | None = None,
                         recipe: dict[str, Any] | None = None, title: str = "") -> Session:
-    """Snapshot a ``Garage`` (plus the UI's pane and theme) as a session."""
-    models = [ModelEntry(name, _spec_of(loaded), str(loaded.device), str(loaded.dtype))
+    """Snapshot a ``Garage`` (plus the app's view and theme) as a session."""
+    models = [ModelEntry(name, spec_of(loaded), str(loaded.device), str(loaded.dtype))
               for name, loaded in garage.models.items()]
     return Session(
         models=models, active=garage.active, prompt=garage.prompt, selected=garage.selected,
         interventions=[item.to_dict() for item in garage.interventions], recipe=recipe,
-        pane=pane, theme=theme, title=title,
+        view=view, theme=theme, title=title,
     )
 
 
-def _spec_of(loaded: Any) -> str:
+def spec_of(loaded: Any) -> str:
     """The spec that reopens ``loaded``: its bundled name, else its source path or hub id."""
     if str(getattr(loaded, "source_kind", "")).startswith("bundled"):
         return str(loaded.name)
@@ -207,8 +208,8 @@ def parse_session(document: Any, path: Path = Path("<session>")) -> Session:
     for key in ("active", "selected", "theme"):
         _require(document.get(key) is None or isinstance(document.get(key), str), path,
                  f"'{key}' must be a string or null")
-    pane = document.get("pane", "bay")
-    _require(pane in PANES, path, f"'pane' must be one of {', '.join(PANES)}")
+    view = document.get("view", document.get("pane"))  # sessions written before 'view' said 'pane'
+    _require(view is None or isinstance(view, str), path, "'view' must be a string or null")
     recipe = document.get("recipe")
     problem = None if recipe is None else recipe_shape_problem(recipe)
     _require(problem is None, path, f"'recipe' must be null or a recipe: {problem}")
@@ -217,22 +218,32 @@ def parse_session(document: Any, path: Path = Path("<session>")) -> Session:
              "'notes' must be a list of strings")
     return Session(models=models, active=document.get("active"), prompt=document.get("prompt", ""),
                    selected=document.get("selected"), interventions=list(interventions), recipe=recipe,
-                   pane=pane, theme=document.get("theme"), title=document.get("title", ""), notes=notes)
+                   view=view, theme=document.get("theme"), title=document.get("title", ""), notes=notes)
 
 
 def load_session(path: Path) -> Session:
     """Read and validate a session file; every problem is one ``SessionError`` line."""
     path = Path(path).expanduser()
     try:
+        if path.is_file() and path.stat().st_size > MAX_DOC_BYTES:
+            raise SessionError(f"session {path} is larger than the limit of {MAX_DOC_BYTES:,} bytes; "
+                               "is it the right file?")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SessionError(
             f"no session file at {path}; check the path (saved sessions live in GARAGE_HOME/sessions)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SessionError(f"cannot read session {path}: {exc}") from None
+    from engine.safe_parse import BadDocumentError, check_depth
+
     try:
         document = json.loads(text)
+        check_depth(document, f"session {path}")  # nesting and size limits: a session is a file from disk
     except json.JSONDecodeError as exc:
         raise SessionError(
             f"session {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it") from None
+    except RecursionError:
+        raise SessionError(f"session {path} is nested too deeply to be a session; fix or delete it") from None
+    except BadDocumentError as exc:
+        raise SessionError(str(exc)) from None
     return parse_session(document, path)

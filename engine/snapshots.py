@@ -32,10 +32,28 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[st
     target = Path(path)
     if target.suffix != ".safetensors":
         raise StorageError(f"output {target} should end in .safetensors")
-    plain = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    plain = independent_tensors(tensors)
     with atomic_output_path(target) as staging:
         save_file(plain, str(staging), metadata={META_KEY: json.dumps(metadata)})
     return target
+
+
+def independent_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors that share no memory (safetensors refuses shared storage).
+
+    Overlapping capture points are one tensor seen twice (``L10.out`` is ``L11.in``) or a view
+    of another (a head's pattern inside the layer's): any tensor whose storage was already
+    taken is cloned, so the file holds independent copies whatever the addresses.
+    """
+    plain: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        value = tensor.detach().contiguous().cpu()
+        if value.untyped_storage().data_ptr() in storages:
+            value = value.clone()
+        storages.add(value.untyped_storage().data_ptr())
+        plain[name] = value
+    return plain
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -51,7 +69,12 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     with safe_open(str(source), framework="pt") as handle:
         raw_meta = (handle.metadata() or {}).get(META_KEY, "{}")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    return tensors, json.loads(raw_meta)
+    from engine.safe_parse import loads_json
+
+    metadata = loads_json(raw_meta, f"the metadata of {source}")
+    if not isinstance(metadata, dict):
+        raise StorageError(f"{source} has garage metadata that is not an object; it was not written by the garage")
+    return tensors, metadata
 
 
 @dataclass

@@ -15,6 +15,7 @@ equal counts over the full tensor.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from engine.errors import GarageError
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
+from engine.progress import Progress, scaled
 
 NEAR_ZERO = 1e-3  # |x| at or below this counts toward sparsity
 
@@ -78,9 +81,10 @@ class _DoublingHistogram:
 
     def __init__(self, bins: int) -> None:
         if bins < 2 or bins % 2:
-            from engine.errors import GarageError
-
             raise GarageError(f"histogram bins must be an even number ≥ 2, got {bins}")
+        from engine.limits import MAX_BINS, check_count
+
+        check_count(bins, "histogram bins", MAX_BINS)  # before the counts are allocated
         self.bins = bins
         self.counts = torch.zeros(bins, dtype=torch.int64)
         self.low: float | None = None
@@ -228,27 +232,34 @@ def stream_stats(
     *,
     bins: int = 64,
     interventions: Sequence[Intervention] = (),
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, StatsSummary]:
     """Statistics at each capture point, computed in the hooks while the model runs.
 
     ``prompt_or_ids`` is a prompt, a list of prompts, or token ids (``[B, T]`` runs as one
     batch). A head address (``L3.attn.h2.z``) gives that head's statistics. Keys are canonical.
+    ``cancel`` stops the sweep at the next layer of the pass in flight.
     """
     from engine.addresses import resolve_point
-    from engine.analyzers._sites import run_with
+    from engine.run import run
 
     canonical = list(dict.fromkeys(resolve_point(loaded.anatomy, a).address for a in addresses))
     accumulators = {address: StreamingStats(bins, address) for address in canonical}
     observers = {address: acc.update for address, acc in accumulators.items()}
-    for ids in _id_batches(loaded, prompt_or_ids):
-        run_with(loaded, ids, interventions=interventions, observers=observers, last_logits_only=True)
+    batches = _id_batches(loaded, prompt_or_ids)
+    for index, ids in enumerate(batches):
+        run(loaded, ids, interventions=interventions, observers=observers, last_logits_only=True, cancel=cancel,
+            progress=scaled(progress, index / len(batches), (index + 1) / len(batches)))
     return {address: acc.summary() for address, acc in accumulators.items()}
 
 
-def residual_norms(loaded: LoadedModel, prompt: str, interventions: Sequence[Intervention] = ()) -> list[float]:
+def residual_norms(loaded: LoadedModel, prompt: str, interventions: Sequence[Intervention] = (), *,
+                   cancel: threading.Event | None = None, progress: Progress | None = None) -> list[float]:
     """Mean per-token L2 norm of each layer's output residual, L0 … L{n-1} (for sparklines)."""
     addresses = [f"L{i}.out" for i in range(loaded.anatomy.n_layers)]
-    summaries = stream_stats(loaded, prompt, addresses, bins=2, interventions=interventions)
+    summaries = stream_stats(loaded, prompt, addresses, bins=2, interventions=interventions, cancel=cancel,
+                             progress=progress)
     return [summaries[address].token_l2["mean"] for address in addresses]
 
 

@@ -24,7 +24,11 @@ def replace_first(value: object, tensor: Tensor) -> object:
     """``value`` with its main tensor swapped for ``tensor``, keeping any other outputs."""
     if isinstance(value, Tensor):
         return tensor
-    return type(value)((tensor, *value[1:])) if isinstance(value, tuple) else [tensor, *value[1:]]
+    if isinstance(value, tuple):
+        return type(value)((tensor, *value[1:]))
+    if isinstance(value, list):
+        return [tensor, *value[1:]]
+    raise TypeError(f"expected a tensor or a tuple starting with one, got {type(value).__name__}")
 
 
 def position_mean(activation: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -1,44 +1,82 @@
-"""The garage's Textual shell: panes, keys, and the state the handlers change.
+"""The garage's Textual shell: composition, bindings and message routing.
 
-Services arrive through the constructor (see ``factory.build_app``). The workers live in
-``jobs``, the bay's intervention keys in ``edits``, session save/restore in ``session_actions``
-and the palette and help in ``palette``. Nothing here imports torch at module level: the model
-opens in a thread worker after the first frame.
+Every engine call and the state behind it live in the workbench controller
+(``controller.Workbench``); the panes draw its typed reports and post requests
+(``messages.py``); long calls run through the one worker skeleton in ``jobs``. Nothing here
+imports torch at module level: the model opens in a thread worker after the first frame.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import wraps
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from rich.text import Text
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import ContentSwitcher, Footer, Input, ProgressBar, Sparkline, Static
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Input, ProgressBar, Static
+from textual.worker import Worker, WorkerState
 
-from engine.sessions import PANES, Session
-from garage_tui.edits import STEERABLE, EditsMixin
-from garage_tui.jobs import JobsMixin
+from engine.sessions import Session
+from garage_tui.controller import ABLATABLE, SCALABLE, STEERABLE, JobContext, Workbench, error_line
+from garage_tui.jobs import start_job
 from garage_tui.keymap import checked_keymap
-from garage_tui.messages import ModelLoaded, RunFinished, StructureLoaded, error_line
-from garage_tui.palette import PaletteMixin
+from garage_tui.messages import (
+    AttentionRead,
+    AttentionRequested,
+    BuildFinished,
+    BuildRequested,
+    FitsFound,
+    FitsRequested,
+    ImportanceRead,
+    ImportanceRequested,
+    InterventionsRestored,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    ModelLoaded,
+    PartsChanged,
+    PartsRequested,
+    RecipeChecked,
+    RecipeCheckRequested,
+    RunFinished,
+    SteerComputed,
+    StructureLoaded,
+)
 from garage_tui.screens.ask import AskScreen, ConfirmScreen
-from garage_tui.session_actions import SessionMixin
+from garage_tui.screens.steer import SteerRequest, SteerScreen
 from garage_tui.settings import Settings
 from garage_tui.themes import load_themes
-from garage_tui.widgets.bay_pane import ABLATABLE, SCALABLE, BayPane, detail_text
+from garage_tui.views import VIEWS, GarageFooter, View, pane_strip, session_view
+from garage_tui.widgets.attribution_view import AttributionView
 from garage_tui.widgets.bench_pane import BenchPane
 from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
+from garage_tui.widgets.features_view import FeaturesView
 from garage_tui.widgets.part_tree import PartTree
 from garage_tui.widgets.parts_pane import PartsPane
 from garage_tui.widgets.prompt_bar import PromptInput
 
-PANE_TITLES = {"bay": "Engine bay", "diagnostics": "Diagnostics", "parts": "Parts bin", "bench": "Build bench"}
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
+Handler = TypeVar("Handler", bound=Callable[..., None])
 
 
-class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
+def while_shown(handler: Handler) -> Handler:
+    """Drop a worker's late message once the panes are gone (the app quit while the job ran)."""
+
+    @wraps(handler)
+    def guarded(self: GarageApp, *args: Any) -> None:
+        if self.is_running and not self._exit and self.query("#panes"):
+            handler(self, *args)
+
+    return cast(Handler, guarded)
+
+
+class GarageApp(App[None]):
     """Model Garage: engine bay, diagnostics, parts bin and build bench, all by keyboard."""
 
     CSS_PATH = "app.tcss"
@@ -58,6 +96,8 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         Binding("ctrl+s", "save_session", "Save", id="app.save_session"),
         Binding("ctrl+o", "open_session", "Open session", show=False, id="app.open_session"),
         Binding("ctrl+t", "next_theme", "Theme", show=False, id="app.theme"),
+        Binding("T", "attribute", "Attribution", show=False, id="app.attribution"),
+        Binding("f", "features", "SAE features", show=False, id="app.features"),
     ]
 
     def __init__(self, engine: Any = None, parts_bin: Any = None, session: Session | None = None,
@@ -65,18 +105,13 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
                  session_path: Path | None = None, theme: str | None = None, keymap: dict[str, str] | None = None,
                  startup_notes: list[str] | None = None) -> None:
         super().__init__()
-        self.garage = engine
-        self.parts_bin = parts_bin
         self.settings = settings or Settings()
-        self.model_spec = model_spec
-        self.device = device
+        self.workbench = Workbench(engine, parts_bin, self.settings, model_spec=model_spec, device=device)
         self.pending_session = session
         self.session_path = session_path
-        self.job: str | None = None
+        self.session_title = session.title if session else ""
+        self.session_notes = list(session.notes) if session else []
         self.pane = "bay"
-        self.last_report: dict[str, Any] | None = None
-        self.recipe: dict[str, Any] | None = None
-        self.structure_only = False
         self._startup_notes = list(startup_notes or [])
         self._garage_ready = False
         themes, problems = load_themes()
@@ -95,30 +130,57 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             self._startup_notes.extend(problems)
             self.set_keymap(keymap)
 
-    # ---- layout -------------------------------------------------------------------------
+    # ---- the workbench's state, read by tests and the palette ----------------------------------
+    @property
+    def garage(self) -> Any:
+        return self.workbench.garage
+
+    @property
+    def job(self) -> str | None:
+        return self.workbench.job
+
+    @property
+    def last_report(self) -> Any:
+        return self.workbench.last_report
+
+    @property
+    def loaded(self) -> Any:
+        return self.workbench.loaded
+
+    @property
+    def has_weights(self) -> bool:
+        return self.workbench.has_weights
+
+    @property
+    def selected_part(self) -> Any:
+        return self.workbench.selected_part
+
+    @property
+    def prompt_text(self) -> str:
+        return self.query_one("#prompt", Input).value.strip()
+
+    # ---- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Static("", id="pane-strip")
         with ContentSwitcher(initial="bay", id="panes"):
-            yield BayPane(id="bay", classes="pane")
-            yield DiagnosticsPane(id="diagnostics", classes="pane")
-            yield PartsPane(id="parts", classes="pane")
-            yield BenchPane(id="bench", classes="pane")
+            for view in VIEWS:
+                yield view.make(self.workbench)
         with Horizontal(id="prompt-bar"):
             yield Static("prompt ", id="prompt-label")
             yield PromptInput(DEFAULT_PROMPT, id="prompt")
         with Horizontal(id="status-bar"):
             yield Static("", id="status")
-            yield ProgressBar(total=100, show_eta=False, id="progress")
-        yield Footer()
+            yield ProgressBar(total=100, show_eta=True, id="progress")
+        yield GarageFooter()
 
     def on_mount(self) -> None:
-        for index, pane in enumerate(PANES, start=1):
-            self.query_one(f"#{pane}").border_title = f"{index} {PANE_TITLES[pane]}"
+        for index, view in enumerate(VIEWS, start=1):
+            self.query_one(f"#{view.id}").border_title = f"{index} {view.title}"
         self.query_one("#progress", ProgressBar).display = False
         session = self.pending_session
         if session is not None:
             self.query_one("#prompt", Input).value = session.prompt
-            self.show_pane(session.pane, focus=False)
+            self.show_pane(session_view(session.view), focus=False)
         self._update_strip()
         # the pane the session opens takes the keys, not the hidden bay behind it
         self.pane_widget(self.pane).focus_main()
@@ -127,69 +189,56 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         self._garage_ready = True
         self.call_after_refresh(self._start)
 
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification carries user or file text (paths, prompts, recipe refs): never markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     def _start(self) -> None:
         """Open the model the session or the command line names, unless it is already open."""
         session = self.pending_session
         entry = session.active_entry if session else None
-        spec = entry.spec if entry else self.model_spec
+        spec = entry.spec if entry else self.workbench.model_spec
         name = entry.name if entry else spec
-        if self.garage is not None and name in getattr(self.garage, "models", {}):
-            self.post_message(ModelLoaded(name, self.garage.models[name]))
+        garage = self.workbench.garage
+        if garage is not None and name in garage.models:
+            self.post_message(ModelLoaded(name, garage.models[name]))
         else:
-            self.open_model(spec, entry.device if entry else self.device)
+            self.open_model(spec, entry.device if entry else self.workbench.device)
 
-    # ---- state helpers ------------------------------------------------------------------
-    @property
-    def loaded(self) -> Any:
-        if self.garage is None or self.garage.active not in self.garage.models:
-            return None
-        return self.garage.models[self.garage.active]
-
-    @property
-    def has_weights(self) -> bool:
-        return self.loaded is not None and not self.loaded.structure_only
-
-    @property
-    def selected_part(self) -> Any:
-        loaded = self.loaded
-        if loaded is None or self.garage.selected is None:
-            return None
-        return loaded.anatomy.by_address.get(self.garage.selected)
-
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
-
-    def _update_strip(self) -> None:
-        parts = []
-        for index, pane in enumerate(PANES, start=1):
-            label = f" {index} {PANE_TITLES[pane]} "
-            parts.append(f"[reverse b]{label}[/]" if pane == self.pane else label)
-        loaded = self.loaded
-        model = f"  {loaded.name}{' (structure only)' if loaded.structure_only else ''}" if loaded else ""
-        edits = len(self.garage.interventions) if self.garage is not None else 0
-        self.query_one("#pane-strip", Static).update("│".join(parts) + model + (f" · {edits} edits" if edits else ""))
-
-    def refresh_bay(self, rebuild: bool = False) -> None:
-        """Redraw the tree labels and the detail for the selected part."""
-        loaded = self.loaded
-        if loaded is None:
-            return
-        tree = self.query_one(PartTree)
-        norms = (self.last_report or {}).get("norms")
-        if rebuild or tree.anatomy is not loaded.anatomy:
-            title = f"{loaded.name} · {loaded.anatomy.root.info.get('family') or 'generic'}"
-            tree.show_anatomy(title, loaded.anatomy, self.marks(), norms)
-        else:
-            tree.relabel(self.marks(), norms)
-        part = self.selected_part or loaded.anatomy.root
-        self.query_one("#part-detail", Static).update(detail_text(part, self.intervention_rows(), self.last_report))
-        self.query_one("#norms", Sparkline).data = list(norms or [])
-        self._update_strip()
+    # ---- jobs -------------------------------------------------------------------------------
+    def begin_job(self, job: str, text: str) -> None:
+        self.workbench.job = job
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.set_status(text)
         self.refresh_bindings()
 
-    def pane_widget(self, pane: str) -> BayPane | DiagnosticsPane | PartsPane | BenchPane:
-        """The pane container called ``pane`` (each has ``focus_main``)."""
-        return cast("BayPane | DiagnosticsPane | PartsPane | BenchPane", self.query_one(f"#{pane}"))
+    def end_job(self, text: str = "") -> None:
+        self.workbench.job = None
+        self.query_one("#progress", ProgressBar).display = False
+        self.set_status(text)
+        self.refresh_bindings()
+
+    def set_status(self, text: str) -> None:
+        # a prompt like "[bold] is" is shown as typed, never read as markup
+        self.query_one("#status", Static).update(Text(text))
+
+    def open_model(self, spec: str, device: str = "cpu") -> None:
+        self.begin_job("load", f"opening {spec}…")
+
+        def compute(ctx: JobContext) -> ModelLoaded | None:
+            loaded = self.workbench.open_model(spec, device, ctx,
+                                               lambda shell: ctx.post(StructureLoaded(shell.name, shell)))
+            return None if ctx.cancel.is_set() else ModelLoaded(loaded.name, loaded)
+
+        start_job(self, "load", compute, group="model", name="_open_model")
+
+    # ---- pane helpers -----------------------------------------------------------------------
+    def pane_widget(self, pane: str) -> View.Pane:
+        """The pane container called ``pane`` (each has ``focus_main`` and ``copy_text``)."""
+        return cast("View.Pane", self.query_one(f"#{pane}"))
 
     def show_pane(self, pane: str, focus: bool = True) -> None:
         self.pane = pane
@@ -197,26 +246,42 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         self._update_strip()
         if focus:
             self.pane_widget(pane).focus_main()
-        report = self.last_report
+        report = self.workbench.last_report
         if (pane == "diagnostics" and report is not None and self.has_weights and self.job is None
-                and report.get("selected") != self.garage.selected):
+                and report.selected != self.workbench.selected):
             # the pane describes the selected part: refresh it when the selection moved since the run
             self.action_run_prompt()
         self.refresh_bindings()
 
-    # ---- message handlers: the only place state changes --------------------------------
+    def _update_strip(self) -> None:
+        edits = len(self.workbench.interventions())
+        self.query_one("#pane-strip", Static).update(pane_strip(self.pane, self.loaded, edits, self.session_title))
+
+    def refresh_bay(self, rebuild: bool = False) -> None:
+        """Redraw the tree labels, the selected part's detail and the guesses."""
+        from garage_tui.widgets.bay_pane import BayPane
+
+        self.query_one(BayPane).redraw(rebuild)
+        self._update_strip()
+        self.refresh_bindings()
+
+    # ---- handlers: models and runs ----------------------------------------------------------
     @on(StructureLoaded)
+    @while_shown
     def _on_structure(self, message: StructureLoaded) -> None:
-        self._install_model(message.loaded)
+        self.workbench.install_model(message.loaded)
+        self.refresh_bay(rebuild=True)
         self.set_status(f"{message.name}: structure shown, loading weights…")
 
     @on(ModelLoaded)
+    @while_shown
     def _on_model_loaded(self, message: ModelLoaded) -> None:
-        self._install_model(message.loaded)
+        self.workbench.install_model(message.loaded)
+        self.refresh_bay(rebuild=True)
         self.end_job(f"{message.name} open")
         session, self.pending_session = self.pending_session, None
         # a session's edits are rebuilt in a worker (a steer recomputes its vector); it runs the prompt
-        restoring = self._restore_into_garage(session) if session is not None else False
+        restoring = self._restore(session) if session is not None else False
         if session is None and self.garage.selected is None:
             self.garage.selected = "model"
         self.refresh_bay(rebuild=True)
@@ -225,19 +290,11 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         if self.has_weights and self.prompt_text and not restoring:
             self.action_run_prompt()
 
-    def _install_model(self, loaded: Any) -> None:
-        if self.garage is None:
-            from engine.garage import Garage
-
-            self.garage = Garage()
-        self.garage.models[loaded.name] = loaded
-        self.garage.active = loaded.name
-        self.refresh_bay(rebuild=True)
-
     @on(RunFinished)
+    @while_shown
     def _on_run_finished(self, message: RunFinished) -> None:
-        self.last_report = message.report
-        self.end_job(f"ran “{message.report['prompt']}”")
+        self.workbench.last_report = message.report
+        self.end_job(f"ran “{message.report.prompt}”")
         self.refresh_bay()
         self.query_one(DiagnosticsPane).show_report(message.report)
 
@@ -246,20 +303,153 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         if self.garage is None or event.node.data is None:
             return
         self.garage.selected = event.node.data
-        part = self.selected_part
-        if part is not None:
-            self.query_one("#part-detail", Static).update(detail_text(part, self.intervention_rows(), self.last_report))
-        self.refresh_bindings()
+        self.refresh_bay()
 
     @on(Input.Submitted, "#prompt")
     def _on_prompt_submitted(self, event: Input.Submitted) -> None:
         self.action_run_prompt()
 
-    # ---- actions ------------------------------------------------------------------------
-    @property
-    def prompt_text(self) -> str:
-        return self.query_one("#prompt", Input).value.strip()
+    @on(JobProgressed)
+    @while_shown
+    def _on_progress(self, message: JobProgressed) -> None:
+        bar = self.query_one("#progress", ProgressBar)
+        if message.fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=100, progress=round(message.fraction * 100))
+        self.set_status(f"{message.job}: {message.stage}")
 
+    @on(JobFailed)
+    @while_shown
+    def _on_failed(self, message: JobFailed) -> None:
+        if self.job == message.job or message.job == "load":
+            self.end_job(f"{message.job} failed")
+        self.notify(message.message, title=f"{message.job} failed", severity="error", timeout=8)
+
+    @on(JobCancelled)
+    @while_shown
+    def _on_cancelled(self, message: JobCancelled) -> None:
+        stale = message.worker
+        if stale is not None and any(w is not stale and w.group == stale.group and w.is_running and not w.is_cancelled
+                                     for w in self.workers):
+            return  # a newer worker of the same group replaced this one: its job goes on
+        self.end_job(f"{message.job} cancelled")
+        self.notify(f"{message.job} cancelled", severity="warning")
+
+    @while_shown
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            # Workers catch their own errors; this is the last guard against a traceback.
+            self.end_job("job failed")
+            error = event.worker.error or RuntimeError("a background job failed")
+            self.notify(error_line(error), severity="error")
+
+    # ---- handlers: requests from panes, and their results -------------------------------------
+    @on(AttentionRequested)
+    def _on_attention_requested(self, message: AttentionRequested) -> None:
+        if not (self.has_weights and self.prompt_text):
+            return
+        workbench, loaded, prompt = self.workbench, self.loaded, self.prompt_text
+        selected, edits = workbench.selected, workbench.interventions()
+        self.begin_job("attention", "reading every head's attention pattern…")
+
+        def compute(ctx: JobContext) -> AttentionRead | None:
+            report = workbench.compute_attention(loaded, prompt, selected, edits, ctx)
+            return None if report is None else AttentionRead(report)
+
+        start_job(self, "attention", compute, group="diag", name="_attention",
+                  model_lock=self.workbench.model_lock)
+
+    @on(ImportanceRequested)
+    def _on_importance_requested(self, message: ImportanceRequested) -> None:
+        from garage_tui.controller import layer_of
+
+        layer = layer_of(self.workbench.selected)
+        if layer is None:
+            self.notify("select a layer, attention block or head in the bay first (1)", severity="warning")
+            return
+        workbench, loaded = self.workbench, self.loaded
+        self.begin_job("importance", f"ablating each head of L{layer} on the sample text…")
+
+        def compute(ctx: JobContext) -> ImportanceRead | None:
+            report = workbench.compute_importance(loaded, layer, ctx)
+            return None if report is None else ImportanceRead(report)
+
+        start_job(self, "importance", compute, group="diag", name="_importance",
+                  model_lock=self.workbench.model_lock)
+
+    @on(AttentionRead)
+    @while_shown
+    def _on_attention(self, message: AttentionRead) -> None:
+        self.end_job("attention ready")
+        self.query_one(DiagnosticsPane).show_attention(message.report)
+
+    @on(ImportanceRead)
+    @while_shown
+    def _on_importance(self, message: ImportanceRead) -> None:
+        self.end_job("importance ready")
+        self.query_one(DiagnosticsPane).show_importance(message.report)
+
+    @on(PartsRequested)
+    def _on_parts_requested(self, message: PartsRequested) -> None:
+        workbench, verb, name, value = self.workbench, message.verb, message.name, message.value
+
+        def compute(ctx: JobContext) -> PartsChanged:
+            note = "" if verb == "reload" else workbench.change_part(verb, name, value)
+            return PartsChanged(note, workbench.read_parts())
+
+        start_job(self, "parts bin", compute, group="parts", name="_parts")
+
+    @on(PartsChanged)
+    @while_shown
+    def _on_parts_changed(self, message: PartsChanged) -> None:
+        if message.note:
+            self.notify(message.note)
+        self.query_one(PartsPane).show_rows(message.rows)
+        self.refresh_bindings()
+
+    @on(FitsRequested)
+    def _on_fits_requested(self, message: FitsRequested) -> None:
+        workbench, loaded, slot, index = self.workbench, self.loaded, message.slot, message.index
+
+        def compute(ctx: JobContext) -> FitsFound:
+            return FitsFound(slot, index, workbench.fitting_parts(loaded, slot))
+
+        start_job(self, "parts bin", compute, group="bench-fits", name="_find_fits")
+
+    @on(FitsFound)
+    @while_shown
+    def _on_fits(self, message: FitsFound) -> None:
+        self.query_one(BenchPane).offer_parts(message.slot, message.index, message.names)
+
+    @on(RecipeCheckRequested)
+    def _on_check_requested(self, message: RecipeCheckRequested) -> None:
+        workbench, recipe = self.workbench, message.recipe
+        start_job(self, "recipe check", lambda ctx: RecipeChecked(recipe, workbench.check_recipe(recipe)),
+                  group="bench-validate", name="_validate")
+
+    @on(RecipeChecked)
+    @while_shown
+    def _on_checked(self, message: RecipeChecked) -> None:
+        self.query_one(BenchPane).show_check(message.recipe, message.check)
+        self.refresh_bindings()
+
+    @on(BuildRequested)
+    def _on_build_requested(self, message: BuildRequested) -> None:
+        workbench, recipe, out_dir = self.workbench, message.recipe, message.out_dir
+        self.begin_job("build", f"building {recipe.get('name', 'hybrid')}…")
+        start_job(self, "build", lambda ctx: BuildFinished(workbench.build_and_evaluate(recipe, out_dir, ctx)),
+                  group="bench", name="_build_and_evaluate",
+                  model_lock=self.workbench.model_lock)
+
+    @on(BuildFinished)
+    @while_shown
+    def _on_built(self, message: BuildFinished) -> None:
+        self.query_one(BenchPane).show_build(message.report)
+        self.end_job(f"built {message.report.out_dir}")
+        self.notify(f"built and evaluated {message.report.out_dir}")
+
+    # ---- actions ----------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only keys that work now show in the footer (and fire)."""
         part = self.selected_part
@@ -271,16 +461,19 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             kinds = SCALABLE if parameters and parameters[0] == "scale" else ABLATABLE
             return self.has_weights and part is not None and part.kind in kinds and self.job != "restore"
         if action == "steer_part":
-            # layers only, like a/m/s on their kinds; computing the vector needs the model to itself
-            return self.has_weights and part is not None and part.kind in STEERABLE and self.job is None
+            # a steer supersedes a run in flight, like a/m/s do; other jobs keep the model to themselves
+            return self.has_weights and part is not None and part.kind in STEERABLE and self.job in (None, "run")
         if action == "clear_interventions":
             return self.garage is not None and bool(self.garage.interventions) and self.job != "restore"
-        if action == "save_session":
+        if action in ("save_session", "copy_selection", "goto_part"):
             return self.loaded is not None
-        if action in ("copy_selection", "goto_part"):
-            return self.loaded is not None
+        if action == "attribute":
+            return self.has_weights
+        if action == "features":
+            return self.has_weights and self.workbench.has_parts_bin and part is not None
         if action == "extract_part":
-            return self.has_weights and self.parts_bin is not None and part is not None and part.kind != "model"
+            return (self.has_weights and self.workbench.has_parts_bin and part is not None
+                    and part.kind != "model")
         return True
 
     def action_show_pane(self, pane: str) -> None:
@@ -296,27 +489,116 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             return
         if not self.has_weights:
             return
-        self.garage.prompt = prompt
+        workbench, loaded = self.workbench, self.loaded
+        workbench.garage.prompt = prompt
+        selected, edits = workbench.selected, workbench.interventions()
         self.begin_job("run", f"running “{prompt}”…")
-        self._run_prompt(prompt, self.garage.selected, list(self.garage.interventions))
 
-    def action_copy_selection(self) -> None:
-        part = self.selected_part or (self.loaded.anatomy.root if self.loaded else None)
+        def compute(ctx: JobContext) -> RunFinished | None:
+            report = workbench.compute_run(loaded, prompt, selected, edits, ctx)
+            return None if report is None else RunFinished(report)
+
+        start_job(self, "run", compute, group="run", name="_run_prompt",
+                  model_lock=self.workbench.model_lock)
+
+    def action_cancel_job(self) -> None:
+        """Esc: every running job gets its cancel event set; the engine stops at its next check."""
+        if self.job is None:
+            return
+        for worker in list(self.workers):
+            if worker.is_running and worker.group != "bench-validate":
+                worker.cancel()
+        self.set_status(f"cancelling {self.job}…")
+
+    def action_leave_prompt(self) -> None:
+        """Esc in the prompt: cancel the job in flight, else hand the keys back to the pane."""
+        if self.job is not None:
+            self.action_cancel_job()
+            return
+        self.pane_widget(self.pane).focus_main()
+
+    def action_toggle_intervention(self, kind: str) -> None:
+        """a/m/s: toggle an edit on the selected part, then re-run the prompt (as v does)."""
+        if self.selected_part is None:
+            return
+        try:
+            described, active = self.workbench.toggle_edit(kind)
+        except Exception as exc:  # noqa: BLE001 - the engine's refusal, shown as one line
+            self.notify(error_line(exc), severity="error")
+            return
+        self.notify(f"{'on' if active else 'off'}: {described}")
+        self.refresh_bay()
+        self._rerun()
+
+    def action_clear_interventions(self) -> None:
+        self.workbench.clear_edits()
+        self.notify("all interventions removed")
+        self.refresh_bay()
+        self._rerun()
+
+    def _rerun(self) -> None:
+        if self.has_weights and self.prompt_text:
+            self.action_run_prompt()
+
+    def action_steer_part(self) -> None:
+        """``v``: steer the selected layer (ask for prompts), or take its active steer off."""
+        part = self.selected_part
         if part is None:
             return
-        text = detail_text(part, self.intervention_rows(), self.last_report).plain
+        if part.kind not in STEERABLE:
+            self.notify(f"cannot steer {part.address} ({part.kind}): steering adds a vector to the residual "
+                        "stream; select a layer such as L10 and press v", severity="warning")
+            return
+        removed = self.workbench.remove_steers(part.address)
+        if removed:
+            self.notify(f"off: {', '.join(removed)}")
+            self.refresh_bay()
+            self._rerun()
+            return
+
+        def start(request: SteerRequest | None) -> None:
+            if request is None:
+                return
+            workbench, loaded = self.workbench, self.loaded
+            workbench.last_steer = request
+            self.begin_job("steer", f"steering vector for {part.address}…")
+            start_job(self, "steer",
+                      lambda ctx: SteerComputed(workbench.compute_steer(loaded, part.address, request)),
+                      group="run", name="_compute_steer",
+                  model_lock=self.workbench.model_lock)
+
+        self.push_screen(SteerScreen(part.address, self.workbench.last_steer), start)
+
+    @on(SteerComputed)
+    @while_shown
+    def _on_steer_computed(self, message: SteerComputed) -> None:
+        item = message.intervention
+        active = self.workbench.toggle(item)
+        self.end_job(f"{'on' if active else 'off'}: {item.describe()}")
+        self.notify(f"{'on' if active else 'off'}: {item.describe()}")
+        self.refresh_bay()
+        self._rerun()
+
+    def action_copy_selection(self) -> None:
+        """``y``: copy what the focused pane shows (OSC 52, works over SSH)."""
+        copied = self.pane_widget(self.pane).copy_text()
+        if copied is None:
+            self.notify("nothing to copy here yet", severity="warning")
+            return
+        what, text = copied
         self.copy_to_clipboard(text)
-        self.notify(f"copied {part.address} (OSC 52)")
+        self.notify(f"copied {what} (OSC 52)")
 
     def action_goto_part(self) -> None:
         def go(answer: str | None) -> None:
             if not answer:
                 return
             from engine.addresses import resolve
+            from engine.errors import GarageError
 
             try:
                 address = resolve(self.loaded.anatomy, answer.strip()).part.address
-            except Exception as exc:  # noqa: BLE001
+            except (GarageError, KeyError, ValueError) as exc:
                 self.notify(error_line(exc), severity="error")
                 return
             self.show_pane("bay")
@@ -325,7 +607,58 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
         self.push_screen(AskScreen("Go to part (e.g. L10.attn.h3):", placeholder="address"), go)
 
     def action_extract_part(self) -> None:
-        self.query_one(PartsPane).extract(self.loaded, self.selected_part.address)
+        workbench, loaded, address = self.workbench, self.loaded, self.selected_part.address
+
+        def compute(ctx: JobContext) -> PartsChanged:
+            return PartsChanged(workbench.extract(loaded, address), workbench.read_parts())
+
+        start_job(self, "extract", compute, group="parts", name="_extract")
+
+    def action_attribute(self) -> None:
+        """``T``: the attribution screen (pick a shipped task; Enter on a node selects it in the bay)."""
+        from garage_tui.screens.attribution import AttributionScreen
+
+        self.push_screen(AttributionScreen(self.workbench))
+
+    @on(AttributionView.NodeSelected)
+    def _on_node_selected(self, message: AttributionView.NodeSelected) -> None:
+        from garage_tui.screens.attribution import AttributionScreen
+
+        if isinstance(self.screen, AttributionScreen):
+            self.pop_screen()
+        address = message.address
+        if address not in self.loaded.anatomy.by_address:
+            self.notify(f"{address} is not a part of {self.loaded.name}", severity="warning")
+            return
+        self.show_pane("bay")
+        self.query_one(PartTree).select_address(address)
+
+    def action_features(self) -> None:
+        """``f``: the top features of the SAE that reads the selected part, for the prompt line's text."""
+        from garage_tui.screens.features import FeaturesScreen
+
+        prompt = self.prompt_text
+        if not prompt:
+            self.notify("the prompt is empty; press i and type one", severity="warning")
+            return
+        self.push_screen(FeaturesScreen(self.workbench, self.selected_part.address, prompt))
+
+    @on(FeaturesView.FeatureChosen)
+    def _on_feature_chosen(self, message: FeaturesView.FeatureChosen) -> None:
+        """Toggle ablating the chosen feature on the workbench's edits, then re-run (as ``a`` does)."""
+        from garage_tui.screens.features import FeaturesScreen
+
+        if isinstance(self.screen, FeaturesScreen):
+            self.pop_screen()
+        try:
+            described, active = self.workbench.toggle_feature(message.address, message.feature)
+        except Exception as exc:  # noqa: BLE001 - the engine's refusal, shown as one line
+            self.notify(error_line(exc), severity="error")
+            return
+        self.notify(f"{'on' if active else 'off'}: {described}")
+        self.show_pane("bay")
+        self.refresh_bay()
+        self._rerun()
 
     def action_next_theme(self) -> None:
         names = self.theme_names or ["garage"]
@@ -338,7 +671,7 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
             self.settings.theme = theme
             try:
                 self.settings.save()
-            except Exception as exc:  # noqa: BLE001 - a read-only home must not stop the garage
+            except OSError as exc:  # a read-only home must not stop the garage
                 self.notify(f"theme not remembered: {error_line(exc)}", severity="warning")
 
     def action_quit_garage(self) -> None:
@@ -352,3 +685,105 @@ class GarageApp(JobsMixin, SessionMixin, EditsMixin, PaletteMixin, App[None]):
                 self.exit()
 
         self.push_screen(ConfirmScreen(f"A {self.job} job is running. Quit anyway?"), answer)
+
+    # ---- help and palette -------------------------------------------------------------------
+    def action_show_help(self) -> None:
+        from garage_tui.keymap import binding_rows
+        from garage_tui.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen(binding_rows(self), self.session_title, self.session_notes))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Textual's own commands, then the garage's (see ``keymap.palette_commands``)."""
+        yield from super().get_system_commands(screen)
+        from garage_tui.keymap import palette_commands
+
+        for title, help_text, callback in palette_commands(self):
+            yield SystemCommand(title, help_text, callback)
+
+    # ---- sessions ---------------------------------------------------------------------------
+    def _restore(self, session: Session) -> bool:
+        """Apply ``session`` to the open model; True when its edits are still being rebuilt."""
+        self.workbench.apply_session(session)
+        self.session_title, self.session_notes = session.title, list(session.notes)
+        self.query_one(BenchPane).set_recipe(session.recipe)
+        if session.title or session.notes:
+            self.notify("\n".join([session.title, *session.notes]).strip(), title="session", timeout=10)
+        if not session.interventions:
+            return False
+        workbench, loaded, documents = self.workbench, self.loaded, list(session.interventions)
+        self.begin_job("restore", "restoring the session's edits…")
+
+        def compute(ctx: JobContext) -> InterventionsRestored | None:
+            result = workbench.rebuild_edits(loaded, documents, ctx)
+            return None if result is None else InterventionsRestored(*result)
+
+        start_job(self, "restore", compute, group="restore", name="_rebuild_interventions",
+                  model_lock=self.workbench.model_lock)
+        return True
+
+    @on(InterventionsRestored)
+    @while_shown
+    def _on_restored(self, message: InterventionsRestored) -> None:
+        self.workbench.set_edits(message.interventions)
+        self.end_job(f"restored {len(message.interventions)} edits")
+        for problem in message.problems:
+            self.notify(problem, severity="error")
+        self.refresh_bay()
+        self._rerun()
+
+    def default_session_path(self) -> Path:
+        from engine.storage import garage_home
+
+        if self.session_path is not None and garage_home() in self.session_path.resolve().parents:
+            return self.session_path
+        stem = self.session_path.stem if self.session_path else "workbench"
+        return garage_home() / "sessions" / f"{stem}.json"
+
+    def current_session(self) -> Session:
+        return cast(Session, self.workbench.current_session(
+            self.prompt_text, pane=self.pane, theme=self.theme, recipe=self.query_one(BenchPane).recipe,
+            title=self.session_title, notes=self.session_notes))
+
+    def action_save_session(self) -> None:
+        def save(answer: str | None) -> None:
+            if not answer:
+                return
+            from engine.errors import GarageError
+            from engine.sessions import save_session
+
+            try:
+                path = save_session(Path(answer), self.current_session())
+            except (GarageError, OSError) as exc:
+                self.notify(error_line(exc), severity="error")
+                return
+            self.session_path = path
+            self.notify(f"session saved to {path}")
+
+        self.push_screen(AskScreen("Save session to:", str(self.default_session_path())), save)
+
+    def action_open_session(self) -> None:
+        from engine.storage import garage_home
+
+        def restore(answer: str | None) -> None:
+            if answer:
+                self.restore_session_file(Path(answer))
+
+        self.push_screen(AskScreen("Open session file:", str(garage_home() / "sessions") + "/"), restore)
+
+    def restore_session_file(self, path: Path) -> None:
+        """Bring back a saved workbench: theme, pane, prompt, model, selection, edits, recipe."""
+        from engine.sessions import SessionError, load_session
+
+        try:
+            session = load_session(path)
+        except SessionError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.session_path = path
+        if session.theme in self.available_themes:
+            self.theme = session.theme
+        self.query_one("#prompt", Input).value = session.prompt
+        self.show_pane(session_view(session.view))
+        self.pending_session = session
+        self._start()

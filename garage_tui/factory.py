@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.bundled import DEFAULT_MODEL
 from engine.sessions import Session, load_session
 from garage_tui.keymap import load_keymap
 from garage_tui.settings import Settings, load_settings
@@ -22,7 +23,7 @@ def default_parts_bin() -> Any:
 
 
 def build_app(engine: Any = None, parts_bin: Any = default_parts_bin, session: Session | Path | str | None = None,
-              settings: Settings | None = None, *, model: str = "smollm2-135m", device: str = "cpu",
+              settings: Settings | None = None, *, model: str = DEFAULT_MODEL, device: str = "cpu",
               theme: str | None = None) -> Any:
     """The garage app with its services; ``session`` may be a path (read and validated here)."""
     from garage_tui.app import GarageApp

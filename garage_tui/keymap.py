@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.storage import garage_home
 
 
@@ -25,10 +23,12 @@ def load_keymap(path: Path | None = None) -> tuple[dict[str, str], str | None]:
     target = path or keymap_path()
     if not target.is_file():
         return {}, None
+    from engine.safe_parse import BadDocumentError, load_yaml
+
     try:
-        document = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        return {}, f"keymap {target} is not readable YAML ({type(exc).__name__}); fix it or delete it"
+        document = load_yaml(target, "keymap") or {}  # size, UTF-8, depth and alias limits
+    except BadDocumentError as exc:
+        return {}, f"{exc}"
     if not isinstance(document, dict):
         return {}, f"keymap {target} must map binding ids to keys, e.g. 'bay.ablate: b'"
     return {str(key): str(value) for key, value in document.items()}, None
@@ -53,11 +53,16 @@ def checked_keymap(app: Any, keymap: dict[str, str]) -> tuple[dict[str, str], li
 def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     """Where bindings live, in the order the help screen lists them."""
     from garage_tui.screens.ask import AskScreen, ConfirmScreen
+    from garage_tui.screens.attribution import AttributionScreen
+    from garage_tui.screens.features import FeaturesScreen
     from garage_tui.screens.help import HelpScreen
     from garage_tui.screens.steer import SteerScreen
+    from garage_tui.widgets.attribution_view import AttributionView
     from garage_tui.widgets.bay_pane import BayPane
     from garage_tui.widgets.bench_pane import BenchPane
     from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
+    from garage_tui.widgets.features_view import FeaturesView
+    from garage_tui.widgets.lists import KeyTable
     from garage_tui.widgets.part_tree import PartTree
     from garage_tui.widgets.parts_pane import FilterInput, PartsPane
     from garage_tui.widgets.prompt_bar import PromptInput
@@ -65,9 +70,10 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     app_class = app if isinstance(app, type) else type(app)
     return [("everywhere", app_class), ("engine bay", BayPane), ("part tree", PartTree),
             ("diagnostics", DiagnosticsPane), ("parts bin", PartsPane),
-            ("parts filter", FilterInput), ("build bench", BenchPane),
+            ("parts filter", FilterInput), ("build bench", BenchPane), ("every list", KeyTable),
             ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen),
-            ("steer", SteerScreen)]
+            ("steer", SteerScreen), ("attribution", AttributionScreen), ("attribution", AttributionView),
+            ("features", FeaturesScreen), ("features", FeaturesView)]
 
 
 def garage_bindings(app: Any) -> list[tuple[str, Any, str]]:
@@ -94,7 +100,8 @@ def palette_commands(app: Any) -> list[tuple[str, str, Any]]:
     commands: list[tuple[str, str, Any]] = []
     owners = dict(_binding_sources(app))
     for where, binding, keys in garage_bindings(app):
-        if where in ("help", "confirm", "question", "steer", "prompt", "part tree", "parts filter"):
+        if where in ("help", "confirm", "question", "steer", "prompt", "part tree", "parts filter", "every list",
+                     "attribution", "features"):
             continue
         action, owner = binding.action, owners.get(where)
         commands.append((f"{binding.description} ({where})", f"keys: {keys}",

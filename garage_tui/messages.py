@@ -1,7 +1,9 @@
-"""Past-tense events that workers post; handlers on the app change state.
+"""The garage's messages: requests panes post, and past-tense events workers post.
 
-Workers never touch widgets: they compute through the engine, then post one of these with
-plain numbers and strings, so the UI only draws.
+Panes never call the app or each other: they post a request (``...Requested``) that bubbles
+up to the app, which routes it to the workbench controller. Workers never touch widgets:
+they compute through the controller, then post one of the past-tense events with a typed
+report, and the app's handlers hand it to the pane that draws it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,62 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textual.message import Message
+
+from garage_tui.controller import (
+    AttentionReport,
+    BuildReport,
+    ImportanceReport,
+    RecipeCheck,
+    RunReport,
+    error_line,
+)
+
+# ---- requests (pane → app) --------------------------------------------------------------------
+
+
+@dataclass
+class AttentionRequested(Message):
+    """Read every head's attention for the prompt (diagnostics ``A``)."""
+
+
+@dataclass
+class ImportanceRequested(Message):
+    """Rank the selected layer's heads by Δ loss when ablated (diagnostics ``I``)."""
+
+
+@dataclass
+class PartsRequested(Message):
+    """Reload the parts bin, or change one part: ``verb`` is reload, tag, note, remove or verify."""
+
+    verb: str = "reload"
+    name: str = ""
+    value: str = ""
+
+
+@dataclass
+class FitsRequested(Message):
+    """Which parts in the bin fit ``slot`` of the open model, for bench step ``index``."""
+
+    slot: str
+    index: int
+
+
+@dataclass
+class RecipeCheckRequested(Message):
+    """Validate ``recipe`` (configs and headers only)."""
+
+    recipe: dict[str, Any]
+
+
+@dataclass
+class BuildRequested(Message):
+    """Build ``recipe`` into ``out_dir`` and evaluate it against its sources."""
+
+    recipe: dict[str, Any]
+    out_dir: str
+
+
+# ---- events (worker → app) --------------------------------------------------------------------
 
 
 @dataclass
@@ -55,9 +113,9 @@ class JobCancelled(Message):
 
 @dataclass
 class RunFinished(Message):
-    """The prompt ran; ``report`` is plain data (top tokens, norms, diagnostics)."""
+    """The prompt ran; ``report`` holds every number the bay and the diagnostics draw."""
 
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RunReport
 
 
 @dataclass
@@ -69,34 +127,35 @@ class PartsChanged(Message):
 
 
 @dataclass
+class FitsFound(Message):
+    """The parts that fit ``slot`` (names), for bench step ``index``."""
+
+    slot: str
+    index: int
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BuildFinished(Message):
-    report: dict[str, Any] = field(default_factory=dict)
+    report: BuildReport
 
 
 @dataclass
 class RecipeChecked(Message):
-    """Validation of the bench's recipe finished; ``report`` is ``ValidationReport.to_dict()``."""
+    """Validation of ``recipe`` finished (the bench ignores it when its recipe changed since)."""
 
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for the user: a GarageError's own message, else the type and text."""
-    from engine.errors import GarageError
-
-    if isinstance(exc, GarageError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    recipe: dict[str, Any]
+    check: RecipeCheck
 
 
 @dataclass
-class AnalysisFinished(Message):
-    """An on-demand analyzer (attention, head importance) finished; ``report`` is plain data."""
+class AttentionRead(Message):
+    report: AttentionReport
 
-    kind: str
-    report: dict[str, Any] = field(default_factory=dict)
+
+@dataclass
+class ImportanceRead(Message):
+    report: ImportanceReport
 
 
 @dataclass

@@ -5,6 +5,7 @@ Plain YAML read without the engine's heavy modules, so the first frame stays fas
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,18 +44,20 @@ def load_settings(path: Path | None = None) -> Settings:
     """
     target = path or settings_path()
     document: dict[str, Any] = {}
+    from engine.safe_parse import BadDocumentError, load_yaml
+
     try:
-        loaded = yaml.safe_load(target.read_text(encoding="utf-8"))
+        loaded = load_yaml(target, "settings") if target.is_file() else None  # with size/depth/alias limits
         if isinstance(loaded, dict):
             document = loaded
-    except (OSError, yaml.YAMLError):
+    except BadDocumentError:
         pass
     settings = Settings(path=target)
     if isinstance(document.get("theme"), str):
         settings.theme = document["theme"]
     if isinstance(document.get("keymap"), dict):
         settings.keymap = {str(k): str(v) for k, v in document["keymap"].items()}
-    if isinstance(document.get("structure_first_gb"), (int, float)):
+    if isinstance(document.get("structure_first_gb"), (int, float)) and math.isfinite(document["structure_first_gb"]):
         settings.structure_first_gb = float(document["structure_first_gb"])
     if os.environ.get("GARAGE_THEME"):
         settings.theme = os.environ["GARAGE_THEME"]

@@ -8,8 +8,9 @@ import yaml
 from textual.theme import Theme
 
 from engine.storage import garage_home
+from garage_tui.shipped import shipped_folder
 
-SHIPPED_THEMES = Path(__file__).resolve().parent.parent / "themes"
+SHIPPED_THEMES = shipped_folder("themes")
 THEME_FIELDS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground",
                 "background", "surface", "panel", "boost", "dark", "luminosity_spread", "text_alpha",
                 "variables", "ansi")

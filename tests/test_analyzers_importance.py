@@ -7,13 +7,20 @@ import threading
 
 import pytest
 
-from engine.analyzers._sites import run_with
-from engine.analyzers.importance import _row_losses, head_importance, sample_text, window_ids
+from engine.analyzers.importance import _row_losses, head_importance, window_ids
 from engine.errors import GarageError
 from engine.interventions import ablate
 from engine.loading import Cancelled
+from engine.run import run
+from engine.sample_text import sample_text
 
 WINDOW = 48
+
+
+def run_with(loaded, ids, **options):
+    """``(main output, tap)`` of one ``engine.run.run`` pass."""
+    output = run(loaded, ids, **options)
+    return output.main, output.tap
 
 
 def _loss_with(loaded, interventions):
@@ -85,7 +92,7 @@ def test_replaying_clean_blocks_changes_nothing(family):
     import torch
 
     from engine.addresses import Target
-    from engine.analyzers._sites import record_blocks, replay_prefix
+    from engine.analyzers.base import record_blocks, replay_prefix
     from engine.analyzers.importance import _row_ablation
     from tests.tiny_models import tiny_model
 

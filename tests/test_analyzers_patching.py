@@ -7,16 +7,22 @@ import threading
 
 import pytest
 
-from engine.analyzers._sites import run_with
 from engine.analyzers.patching import activation_patching
 from engine.capture import capture_prompt
 from engine.errors import GarageError
 from engine.interventions import patch
 from engine.loading import Cancelled
+from engine.run import run
 from engine.runner import encode
 
 CLEAN = "The Eiffel Tower is in the city of"
 CORRUPT = "The Colosseum is in the city of"
+
+
+def run_with(loaded, ids, **options):
+    """``(main output, tap)`` of one ``engine.run.run`` pass."""
+    output = run(loaded, ids, **options)
+    return output.main, output.tap
 
 
 @pytest.fixture(scope="module")

@@ -57,14 +57,18 @@ def test_bad_steering_input(smollm2, minilm):
 
 
 def test_cached_and_rerun_generation_agree(smollm2):
-    from engine.analyzers.generate import _greedy_cached, _greedy_rerun
+    from engine.decode import greedy_decode
     from engine.interventions import ablate, steer
 
     vector = steering_vector(smollm2, 10, POSITIVE, NEGATIVE)
     ids = smollm2.tokenizer(PROMPT, return_tensors="pt").input_ids
+
+    def decode(interventions, count, mode):
+        return greedy_decode(smollm2, ids, count, interventions, stop_at_eos=False, mode=mode).new_tokens
+
     for interventions in ([steer("L10", vector.vector, 8.0)], [ablate("L5.attn.h2")]):
-        cached = _greedy_cached(smollm2, ids, 5, interventions, None)
-        assert cached == _greedy_rerun(smollm2, ids, 5, interventions, None)
+        assert decode(interventions, 5, "kv-cache") == decode(interventions, 5, "rerun")
     # mean-ablation depends on the whole sequence, so generation reruns it in full
-    assert generate(smollm2, PROMPT, 3, [ablate("L5.attn.h2", "mean")]).token_ids == \
-        _greedy_rerun(smollm2, ids, 3, [ablate("L5.attn.h2", "mean")], None)
+    mean = [ablate("L5.attn.h2", "mean")]
+    assert greedy_decode(smollm2, ids, 3, mean).mode == "rerun"
+    assert generate(smollm2, PROMPT, 3, mean).token_ids == decode(mean, 3, "rerun")

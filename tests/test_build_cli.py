@@ -50,6 +50,7 @@ layers:
     return path
 
 
+@pytest.mark.slow
 def test_build_then_eval_from_the_command_line(small_source, tmp_path, capsys):
     recipe = write_recipe(tmp_path / "stack.yaml", small_source)
     out = tmp_path / "built"
@@ -75,6 +76,7 @@ def test_build_then_eval_from_the_command_line(small_source, tmp_path, capsys):
     assert "perplexity" in table and "bits per byte" in table
 
 
+@pytest.mark.slow
 def test_eval_refuses_encoder_only_model(capsys):
     assert main(["eval", "minilm-l6", "--no-sources"]) == 2
     assert "has no language-model head" in capsys.readouterr().err

@@ -35,6 +35,7 @@ marker.write_text("finished")
 """
 
 
+@pytest.mark.slow  # a child process building from the bundled SmolLM2
 def test_sigkill_mid_build_leaves_no_output_folder(tmp_path):
     out = tmp_path / "hybrid"
     marker = tmp_path / "progress.txt"

@@ -94,6 +94,7 @@ def messages(report) -> str:
     return "\n".join(str(p) for p in report.problems)
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_mixed_architectures_refused_before_reading_weights(no_weight_reads):
     report = validate_recipe(load_recipe(RECIPES / "invalid-mixed-architectures.yaml"))
     assert not report.ok and report.plan is None
@@ -105,6 +106,7 @@ def test_mixed_architectures_refused_before_reading_weights(no_weight_reads):
     assert no_weight_reads, "the check should still have read the safetensors headers"
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_good_recipe_is_planned_from_headers_only(no_weight_reads):
     report = validate_recipe(load_recipe(RECIPES / "smollm2-frankenmerge.yaml"))
     assert report.ok, messages(report)
@@ -134,6 +136,7 @@ layers:
 """
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_wrong_head_index_refused(no_weight_reads):
     report = validate_recipe(load_recipe(SMOL_HEADS))
     assert not report.ok
@@ -159,6 +162,7 @@ layers:
 """
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_missing_source_refused_with_every_problem_listed(no_weight_reads):
     report = validate_recipe(load_recipe(MISSING))
     text = messages(report)
@@ -168,6 +172,7 @@ def test_missing_source_refused_with_every_problem_listed(no_weight_reads):
     assert len(report.problems) == 3
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_schema_problems_name_their_lines():
     text = "recipe_version: 2\nsources: {a: smollm2-135m}\nembed: a\nlayers:\n  - take: a.L3-1\n  - blend: [a.L1]\n"
     recipe = load_recipe(text)
@@ -179,6 +184,7 @@ def test_schema_problems_name_their_lines():
     assert "the recipe must name the source of 'final_norm' explicitly" in messages(report)
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_build_refuses_and_writes_nothing(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(RecipeError, match="refused .*'mini' is a bert model"):
@@ -186,6 +192,7 @@ def test_build_refuses_and_writes_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # the bundled SmolLM2's GGUF conversion (cached once per run)
 def test_recipe_check_cli_lists_problems_and_exits_2(capsys):
     from garage_tui.cli import main
 

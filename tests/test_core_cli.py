@@ -24,6 +24,7 @@ def _garage(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_run_predicts_paris_as_a_real_command():
     done = _garage("run", "smollm2-135m", "--prompt", "The capital of France is", "--json", "--top-k", "3")
     assert done.returncode == 0, done.stderr
@@ -32,6 +33,7 @@ def test_run_predicts_paris_as_a_real_command():
     assert report["top"][0]["prob"] > report["top"][1]["prob"]
 
 
+@pytest.mark.slow
 def test_run_ablation_changes_logits_and_saves_them(tmp_path, capsys):
     plain, ablated = tmp_path / "plain.safetensors", tmp_path / "ablated.safetensors"
     assert main(["run", "smollm2-135m", "--prompt", "The capital of France is", "--logits-out", str(plain)]) == 0
@@ -62,6 +64,7 @@ def test_capture_saves_one_tensor_per_address_with_metadata(tmp_path, smollm2):
     assert tensors["L10.attn.h3.z"].shape == (1, ids.shape[1], 64)
 
 
+@pytest.mark.slow
 def test_inspect_json_lists_heads_and_kv_groups(capsys):
     assert main(["inspect", "smollm2-135m", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -73,6 +76,7 @@ def test_inspect_json_lists_heads_and_kv_groups(capsys):
     assert doc["tree"]["params"] == 134_515_008
 
 
+@pytest.mark.slow
 def test_inspect_depth_limits_the_tree(capsys):
     assert main(["inspect", "minilm-l6", "--json", "--depth", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -80,6 +84,7 @@ def test_inspect_depth_limits_the_tree(capsys):
     assert "children" not in layer
 
 
+@pytest.mark.slow
 def test_inspect_prints_a_tree(capsys):
     assert main(["inspect", "minilm-l6", "--depth", "2"]) == 0
     out = capsys.readouterr().out
@@ -107,7 +112,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize("case", ["missing path", "folder without config.json", "truncated safetensors",
-                                  "garbage gguf", "unknown address", "head out of range"])
+                                  "garbage gguf", pytest.param("unknown address", marks=pytest.mark.slow),
+                                  pytest.param("head out of range", marks=pytest.mark.slow)])
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     argv, expected = _bad_inputs(tmp_path)[case]
     assert main(argv) == 2
@@ -116,6 +122,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_real_command(tmp_path):
     done = _garage("run", "smollm2-135m", "--prompt", "hi", "--ablate", "L10.attn.h9")
     assert done.returncode == 2

@@ -27,6 +27,7 @@ def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_snapshot_and_diff(use_model, tmp_path, capsys):
     use_model("smollm2")
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
@@ -68,6 +69,7 @@ def test_analyze_json_and_tables(use_model, capsys, what, fixture):
     assert capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow
 def test_analyze_importance_and_patching(use_model, capsys):
     use_model("smollm2")
     assert main(["analyze", "smollm2-135m", "--what", "importance", "--layers", "0", "--prompt",
@@ -81,6 +83,7 @@ def test_analyze_importance_and_patching(use_model, capsys):
     assert (report["answer"], report["wrong"]) == (" Paris", " Rome") and "L29" in report["layers_with_answer"]
 
 
+@pytest.mark.slow
 def test_steer_verb(use_model, capsys):
     use_model("smollm2")
     assert main(["steer", "smollm2-135m", "--layer", "10", "--positive", "I love it, wonderful!",
@@ -91,6 +94,7 @@ def test_steer_verb(use_model, capsys):
     assert len(texts) == 2 and texts[0] != texts[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["analyze", "minilm-l6", "--prompt", "hi", "--what", "lens"], "causal language model"),
     (["analyze", "minilm-l6", "--prompt", "hi", "--what", "stats", "--at", "L9.out"], "out of range"),

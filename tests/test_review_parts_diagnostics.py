@@ -125,6 +125,7 @@ def test_streamed_moments_match_reference():
     assert sum(s.hist_counts) == flat.numel()
 
 
+@pytest.mark.slow
 def test_json_output_is_strict_even_with_non_finite_stats(capsys):
     import json
 

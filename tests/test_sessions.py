@@ -26,11 +26,12 @@ def test_shipped_tour_session_is_valid():
     assert session.active_entry.spec == "smollm2-135m"
     assert session.selected == "L10.attn.h3"
     assert session.interventions == [{"kind": "ablate", "address": "L10.attn.h3", "mode": "zero"}]
-    assert session.pane == "bay" and session.theme == "garage" and session.notes
+    # the shipped file predates "view": its "pane" is read as the view
+    assert session.view == "bay" and session.theme == "garage" and session.notes
 
 
 def test_save_and_load_round_trip(tmp_path):
-    session = Session(prompt="hello", selected="L3.mlp", pane="diagnostics", theme="garage-light",
+    session = Session(prompt="hello", selected="L3.mlp", view="diagnostics", theme="garage-light",
                       interventions=[{"kind": "scale", "address": "L3.mlp", "factor": 0.5}],
                       recipe={"recipe_version": 1, "name": "x"})
     path = save_session(tmp_path / "deep" / "s.json", session)
@@ -44,7 +45,7 @@ def test_save_and_load_round_trip(tmp_path):
     ({"kind": "model-garage-session", "version": SESSION_VERSION + 1}, "newer than this garage"),
     ({"kind": "model-garage-session"}, "'version' must be an integer"),
     ({"kind": "something-else", "version": 1}, "'kind' must be"),
-    ({"kind": "model-garage-session", "version": 1, "pane": "garden"}, "'pane' must be one of"),
+    ({"kind": "model-garage-session", "version": 1, "view": ["bay"]}, "'view' must be a string"),
     ({"kind": "model-garage-session", "version": 1, "models": [{"name": 3}]}, "each model needs"),
     ({"kind": "model-garage-session", "version": 1, "interventions": "ablate all"}, "'interventions' must be"),
     ([1, 2], "top level must be a JSON object"),
@@ -82,10 +83,10 @@ def test_session_from_garage_names_the_bundled_spec(smollm2):
 
     garage = Garage(models={smollm2.name: smollm2}, active=smollm2.name, prompt="p", selected="L10.attn.h3",
                     interventions=[ablate("L10.attn.h3")])
-    session = session_from_garage(garage, pane="parts", theme="garage-ansi")
+    session = session_from_garage(garage, view="parts", theme="garage-ansi")
     assert session.models[0].spec == "smollm2-135m"
     assert session.interventions == [{"kind": "ablate", "address": "L10.attn.h3", "mode": "zero"}]
-    assert (session.pane, session.theme, session.selected) == ("parts", "garage-ansi", "L10.attn.h3")
+    assert (session.view, session.theme, session.selected) == ("parts", "garage-ansi", "L10.attn.h3")
 
 
 def test_reading_a_session_does_not_import_torch(tmp_path):
@@ -101,9 +102,8 @@ def test_reading_a_session_does_not_import_torch(tmp_path):
 def test_steer_origin_round_trips_and_recomputes_the_vector(smollm2, tmp_path):
     import torch
 
-    from engine.analyzers.steering import steering_vector
+    from engine.analyzers.steering import steer_from_prompts, steering_vector
     from engine.garage import Garage
-    from engine.interventions import steer_from_prompts
 
     item = steer_from_prompts(smollm2, "L6", ["I love it", "Wonderful"], ["I hate it"], 3.0)
     document = item.to_dict()

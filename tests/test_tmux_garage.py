@@ -97,7 +97,7 @@ def test_garage_in_tmux_ablate_save_quit_restore(tmp_path):
         term.keys("a")
         term.wait_for_text("[ablated]", "active  zero-ablate L10.attn.h3")
         term.keys("r")
-        term.wait_for_text("(before", timeout=60)
+        term.wait_for_text("now  before", timeout=60)
         term.keys("2")
         diagnostics = term.wait_for_text("L10.attn.h3.z", "zero-ablate L10.attn.h3", "absmax")
         absmax = _stat_row(diagnostics, "absmax")
@@ -118,7 +118,7 @@ def test_garage_in_tmux_ablate_save_quit_restore(tmp_path):
         restored = term.wait_for_text("active  zero-ablate L10.attn.h3", "L10.attn.h3  head", "[ablated]",
                                       timeout=90)
         assert "KV group 1" in restored
-        term.wait_for_text("(before", timeout=60)  # the restored edit is applied to the run
+        term.wait_for_text("now  before", timeout=60)  # the restored edit is applied to the run
         term.keys("q")
         term.wait_exit()
     finally:

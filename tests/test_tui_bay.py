@@ -22,10 +22,10 @@ def test_bay_tree_details_and_first_run(smollm2, tmp_path):
             assert "kv2" in tree.nodes_by_address["L10.attn.h8"].label.plain
             assert "9h/3kv" in tree.nodes_by_address["L10.attn"].label.plain
             report = app.last_report
-            assert report["top"][0][0] == " Paris"
+            assert report.top[0][0] == " Paris"
             # the sparkline draws the engine's residual norms, one per layer
-            assert len(report["norms"]) == 30 and all(n > 0 for n in report["norms"])
-            assert list(app.query_one("#norms").data) == report["norms"]
+            assert len(report.norms) == 30 and all(n > 0 for n in report.norms)
+            assert list(app.query_one("#norms").data) == report.norms
             await goto(pilot, "L10.attn.h3")
             detail = str(app.query_one("#part-detail").render())
             assert "KV group 1" in detail and "d_head 64" in detail
@@ -40,7 +40,7 @@ def test_ablating_a_head_changes_the_next_run(smollm2, tmp_path):
         app = make_app(smollm2, home=tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_for(pilot, lambda: app.last_report is not None, what="the first run")
-            clean_prob = app.last_report["top"][0][1]
+            clean_prob = app.last_report.top[0][1]
             await goto(pilot, "L10.attn.h3")
             await pilot.press("a")
             assert [i.to_dict() for i in app.garage.interventions] == [
@@ -52,16 +52,16 @@ def test_ablating_a_head_changes_the_next_run(smollm2, tmp_path):
             await pilot.press("r")
             await wait_for(pilot, lambda: app.last_report is not first and app.job is None, what="the ablated run")
             report = app.last_report
-            assert report["interventions"] == ["zero-ablate L10.attn.h3"]
+            assert report.interventions == ["zero-ablate L10.attn.h3"]
             # before/after: the baseline equals the clean run; the ablated run differs
-            assert report["baseline_top"][0][1] == pytest.approx(clean_prob, rel=1e-6)
-            assert abs(report["top"][0][1] - clean_prob) > 1e-3
-            stats, before = report["diagnostics"]["stats"], report["diagnostics"]["baseline_stats"]
-            assert report["diagnostics"]["point"] == "L10.attn.h3.z"
+            assert report.baseline_top[0][1] == pytest.approx(clean_prob, rel=1e-6)
+            assert abs(report.top[0][1] - clean_prob) > 1e-3
+            stats, before = report.stats, report.baseline_stats
+            assert report.point == "L10.attn.h3.z"
             assert stats["absmax"] == 0.0 and before["absmax"] > 0.1
             # layers before L10 are untouched, later ones change
-            assert report["norms"][:10] == pytest.approx(report["baseline_norms"][:10], rel=1e-6)
-            assert report["norms"][10] != pytest.approx(report["baseline_norms"][10], rel=1e-6)
+            assert report.norms[:10] == pytest.approx(report.baseline_norms[:10], rel=1e-6)
+            assert report.norms[10] != pytest.approx(report.baseline_norms[10], rel=1e-6)
             await pilot.press("a")
             assert app.garage.interventions == []
 
@@ -121,7 +121,7 @@ def test_big_checkpoints_show_structure_first_then_weights(smollm2, tmp_path, mo
     import torch
     import transformers
 
-    from garage_tui.app import GarageApp
+    from garage_tui.controller import Workbench
     from garage_tui.factory import build_app
     from garage_tui.settings import Settings
 
@@ -133,13 +133,13 @@ def test_big_checkpoints_show_structure_first_then_weights(smollm2, tmp_path, mo
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     smollm2.tokenizer.save_pretrained(folder)
     seen = []
-    original = GarageApp._install_model
+    original = Workbench.install_model
 
     def install(self, loaded):
         seen.append(loaded.structure_only)
         return original(self, loaded)
 
-    monkeypatch.setattr(GarageApp, "_install_model", install)
+    monkeypatch.setattr(Workbench, "install_model", install)
 
     async def scenario():
         app = build_app(None, None, None, Settings(structure_first_gb=0.0, path=tmp_path / "s.yaml"),
@@ -147,7 +147,7 @@ def test_big_checkpoints_show_structure_first_then_weights(smollm2, tmp_path, mo
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.last_report is not None, 120, "the tiny model's first run")
             assert not app.loaded.structure_only
-            assert len(app.last_report["norms"]) == 2
+            assert len(app.last_report.norms) == 2
 
     run(scenario())
     assert seen == [True, False]

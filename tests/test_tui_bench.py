@@ -49,7 +49,7 @@ def test_invalid_recipe_is_shown_live_and_refused_with_one_notification(smollm2,
             await pilot.pause()
             await pilot.press("ctrl+a", "ctrl+k", *str(recipe), "enter")
             await wait_for(pilot, lambda: bench.validation is not None, 60, "validation")
-            assert not bench.validation["ok"] and bench.validation["problems"]
+            assert not bench.validation.ok and bench.validation.problems
             shown = str(app.query_one("#bench-validation").render())
             assert "✗" in shown and "hidden" in shown.lower()
             notes.clear()
@@ -78,11 +78,11 @@ def test_assemble_build_and_evaluate(smollm2, tmp_path, tiny_folder):
             # assemble by keyboard: start from a recipe over the tiny model, then repeat a layer
             bench.set_recipe({"recipe_version": 1, "name": "tiny-stack", "sources": {"t": str(tiny_folder)},
                               "embed": "t", "final_norm": "t", "lm_head": "t", "layers": [{"take": "t.L0-1"}]}, 0)
-            await wait_for(pilot, lambda: bench.validation and bench.validation.get("ok"), 60, "validation")
+            await wait_for(pilot, lambda: bench.validation and bench.validation.ok, 60, "validation")
             await pilot.press("t")
             await pilot.pause()
             await pilot.press("ctrl+a", "ctrl+k", *"t.L1", "enter")
-            await wait_for(pilot, lambda: bench.validation and bench.validation.get("layers") == 3, 60, "3 layers")
+            await wait_for(pilot, lambda: bench.validation and bench.validation.layers == 3, 60, "3 layers")
             await pilot.press("B")
             await pilot.pause()
             await pilot.press("ctrl+a", "ctrl+k", *str(out), "enter")

@@ -22,8 +22,8 @@ def test_attention_charts_match_the_engine(smollm2, tmp_path):
             pane = app.query_one("DiagnosticsPane")
             await wait_for(pilot, lambda: pane.attention is not None, 120, "the attention report")
             engine_report = attention_report(smollm2, app.prompt_text)
-            assert pane.attention["entropy"] == pytest.approx(engine_report.entropy_grid()[10], rel=1e-5)
-            assert [sum(row) for row in pane.attention["pattern"]] == pytest.approx([1.0] * len(engine_report.tokens))
+            assert pane.attention.entropy == pytest.approx(engine_report.entropy_grid()[10], rel=1e-5)
+            assert [sum(row) for row in pane.attention.pattern] == pytest.approx([1.0] * len(engine_report.tokens))
             assert app.query_one("#chart-switcher").current == "entropy-plot"
             await pilot.press("c")
             assert app.query_one("#chart-switcher").current == "pattern-plot"

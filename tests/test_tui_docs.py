@@ -36,7 +36,7 @@ def test_screenshots_of_every_screen(smollm2, tmp_path):
             await pilot.press("x")
             await wait_idle(pilot)
             await pilot.press("a", "r")
-            await wait_for(pilot, lambda: app.last_report["interventions"] and app.job is None, 60, "the run")
+            await wait_for(pilot, lambda: app.last_report.interventions and app.job is None, 60, "the run")
             shots = {"engine-bay": await shoot(pilot, "engine-bay")}
             await pilot.press("2")
             await wait_idle(pilot)  # entering the pane re-runs the prompt for the new selection

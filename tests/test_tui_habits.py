@@ -97,10 +97,10 @@ def test_every_binding_in_help_fires(smollm2, tmp_path, monkeypatch):
             await press(pilot, "ctrl+s", "save_session")
             await press(pilot, "escape", "cancel")
             await press(pilot, "i", "focus_prompt")
-            await press(pilot, "escape", "leave")
-            import engine.stats
+            await press(pilot, "escape", "leave_prompt")
+            import engine.prompt_report
 
-            gate = hold(monkeypatch, engine.stats, "residual_norms")
+            gate = hold(monkeypatch, engine.prompt_report, "prompt_report")
             await press(pilot, "r", "run_prompt")
             await press(pilot, "escape", "cancel_job")
             gate.set()
@@ -108,8 +108,8 @@ def test_every_binding_in_help_fires(smollm2, tmp_path, monkeypatch):
             # diagnostics
             await press(pilot, "2", "show_pane")
             await wait_idle(pilot)
-            await press(pilot, "j", "scroll_down")
-            await press(pilot, "k", "scroll_up")
+            await press(pilot, "j", "cursor_down")  # the stats table has the keys: one set of list keys
+            await press(pilot, "k", "cursor_up")
             await press(pilot, "c", "next_chart")
             await press(pilot, "A", "attention")
             await wait_idle(pilot)
@@ -151,7 +151,7 @@ def test_every_binding_in_help_fires(smollm2, tmp_path, monkeypatch):
                 if answer:
                     await pilot.press(answer)
                 await wait_idle(pilot)
-            await wait_for(pilot, lambda: bench.validation and bench.validation.get("ok"), 60, "a valid recipe")
+            await wait_for(pilot, lambda: bench.validation and bench.validation.ok, 60, "a valid recipe")
             await press(pilot, "B", "build")
             await pilot.press("escape")
             await press(pilot, "1", "show_pane")
@@ -193,9 +193,9 @@ def test_footer_shows_only_keys_that_work(smollm2, tmp_path, monkeypatch):
             assert app.check_action("toggle_intervention", ("ablate",))
             await pilot.press("a")
             assert app.check_action("clear_interventions", ())
-            import engine.stats
+            import engine.prompt_report
 
-            gate = hold(monkeypatch, engine.stats, "residual_norms")
+            gate = hold(monkeypatch, engine.prompt_report, "prompt_report")
             await pilot.press("r")
             assert app.job == "run" and app.check_action("cancel_job", ())
             assert "cancel_job" in {a.split("(")[0] for a in footer_keys()}
@@ -231,10 +231,10 @@ def test_palette_offers_every_action(smollm2, tmp_path):
 def test_quit_confirms_while_a_job_runs(smollm2, tmp_path, monkeypatch):
     import threading
 
-    import engine.stats
+    import engine.prompt_report
 
     gate = threading.Event()
-    real_norms = engine.stats.residual_norms
+    real_norms = engine.prompt_report.prompt_report
 
     def held_norms(*args, **kwargs):
         gate.wait(30)  # keeps the run going until the test has asked to quit
@@ -244,7 +244,7 @@ def test_quit_confirms_while_a_job_runs(smollm2, tmp_path, monkeypatch):
         app = make_app(smollm2, home=tmp_path)
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_idle(pilot)
-            monkeypatch.setattr(engine.stats, "residual_norms", held_norms)
+            monkeypatch.setattr(engine.prompt_report, "prompt_report", held_norms)
             await pilot.press("r", "q")
             await pilot.pause()
             assert app.job == "run" and app.screen.__class__.__name__ == "ConfirmScreen"
@@ -301,7 +301,7 @@ def test_keymap_file_rebinds_keys(smollm2, tmp_path, garage_home):
             first = app.last_report
             await pilot.press("f5")
             await wait_for(pilot, lambda: app.last_report is not first and app.job is None, 60, "the f5 run")
-            assert app.last_report["interventions"] == ["zero-ablate L10.attn.h3"]
+            assert app.last_report.interventions == ["zero-ablate L10.attn.h3"]
 
     run(scenario())
 

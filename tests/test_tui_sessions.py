@@ -36,7 +36,7 @@ def test_save_then_restore_exactly(smollm2, tmp_path):
     theme = run(save())
     saved = load_session(path)
     assert saved.selected == "L10.attn.h3" and saved.prompt == "Hello world"
-    assert saved.pane == "diagnostics" and saved.theme == theme
+    assert saved.view == "diagnostics" and saved.theme == theme
     assert [i["mode"] for i in saved.interventions] == ["zero", "mean"]
 
     async def restore():
@@ -53,8 +53,8 @@ def test_save_then_restore_exactly(smollm2, tmp_path):
             assert app.pane == "diagnostics" and app.query_one("#panes").current == "diagnostics"
             assert app.theme == theme
             # the restored edits are applied to the restored prompt's run
-            assert app.last_report["prompt"] == "Hello world"
-            assert app.last_report["interventions"] == ["zero-ablate L10.attn.h3", "mean-ablate L10.attn.h3"]
+            assert app.last_report.prompt == "Hello world"
+            assert app.last_report.interventions == ["zero-ablate L10.attn.h3", "mean-ablate L10.attn.h3"]
 
     run(restore())
 

@@ -27,7 +27,7 @@ def bay_with_ablated_head():
         await wait_idle(pilot)
         await goto(pilot, "L10.attn.h3")
         await pilot.press("a", "r")
-        await wait_for(pilot, lambda: pilot.app.last_report and pilot.app.last_report["interventions"], 60, "run")
+        await wait_for(pilot, lambda: pilot.app.last_report and pilot.app.last_report.interventions, 60, "run")
         await settle(pilot)
 
     return before
@@ -81,7 +81,7 @@ def test_build_bench(snap_compare, smollm2, tmp_path, size):
         await pilot.press("t")
         await pilot.pause()
         await pilot.press("ctrl+a", "ctrl+k", *"src.L8-15", "enter")
-        await wait_for(pilot, lambda: len(bench.recipe["layers"]) == 2 and bench.validation.get("layers") == 38,
+        await wait_for(pilot, lambda: len(bench.recipe["layers"]) == 2 and bench.validation.layers == 38,
                        60, "the new step validated")
         await settle(pilot)
 

@@ -29,7 +29,7 @@ def test_steer_a_layer_by_key_then_save_and_restore(smollm2, tmp_path):
         app.notify = lambda message, **kw: (notes.append((message, kw.get("severity"))), original(message, **kw))[1]
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_idle(pilot)
-            clean = app.last_report["top"]
+            clean = app.last_report.top
             # a head cannot be steered: v is off there (not in the footer); called anyway, it says why
             await goto(pilot, "L10.attn.h3")
             assert not app.check_action("steer_part", ())
@@ -55,19 +55,20 @@ def test_steer_a_layer_by_key_then_save_and_restore(smollm2, tmp_path):
             assert "strength must be a number" in str(app.screen.query_one("#steer-problem").render())
             await _type(pilot, "4")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.last_report["interventions"] == ["steer L10 (strength 4)"]
+            await wait_for(pilot, lambda: app.last_report.interventions == ["steer L10 (strength 4)"]
                            and app.job is None, 120, "the steered run")
             report = app.last_report
             assert [i.to_dict() for i in app.garage.interventions] == [
                 {"kind": "steer", "address": "L10", "strength": 4.0,
                  "origin": {"positive": ["I love you"], "negative": ["I hate you"]}}]
             # before/after: the baseline is the clean run, the steered top tokens differ
-            assert report["baseline_top"] == pytest.approx(clean)
-            assert [t for t, _ in report["top"]] != [t for t, _ in clean]
-            assert report["norms"][:10] == pytest.approx(report["baseline_norms"][:10], rel=1e-6)
-            assert report["norms"][10] != pytest.approx(report["baseline_norms"][10], rel=1e-3)
+            assert report.baseline_top == pytest.approx(clean)
+            assert [t for t, _ in report.top] != [t for t, _ in clean]
+            assert report.norms[:10] == pytest.approx(report.baseline_norms[:10], rel=1e-6)
+            assert report.norms[10] != pytest.approx(report.baseline_norms[10], rel=1e-3)
             detail = str(app.query_one("#part-detail").render())
-            assert "steer L10 (strength 4)" in detail and "(before" in detail
+            assert "steer L10 (strength 4)" in detail
+            assert "now  before" in str(app.query_one("#guesses").render())
             from garage_tui.widgets.part_tree import PartTree
 
             assert "steer +4" in app.query_one(PartTree).nodes_by_address["L10"].label.plain
@@ -78,10 +79,10 @@ def test_steer_a_layer_by_key_then_save_and_restore(smollm2, tmp_path):
             await wait_for(pilot, path.exists, 10, "the session file")
             # v again takes the steer off and re-runs clean
             await pilot.press("v")
-            await wait_for(pilot, lambda: app.last_report["interventions"] == [] and app.job is None, 120,
+            await wait_for(pilot, lambda: app.last_report.interventions == [] and app.job is None, 120,
                            "the unsteered run")
             assert app.garage.interventions == []
-            assert [t for t, _ in app.last_report["top"]] == [t for t, _ in clean]
+            assert [t for t, _ in app.last_report.top] == [t for t, _ in clean]
 
     run(steer_and_save())
     origin = {"positive": ["I love you"], "negative": ["I hate you"]}
@@ -95,7 +96,7 @@ def test_steer_a_layer_by_key_then_save_and_restore(smollm2, tmp_path):
             [item] = app.garage.interventions
             assert item.kind == "steer" and item.address == "L10" and item.strength == 4.0
             assert torch.equal(item.vector, fresh)
-            assert app.last_report["interventions"] == ["steer L10 (strength 4)"]
+            assert app.last_report.interventions == ["steer L10 (strength 4)"]
             assert app.garage.selected == "L10"
 
     run(restore())

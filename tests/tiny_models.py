@@ -43,3 +43,22 @@ def tiny_model(family: str, seed: int = 0):
         tokenizer=None, anatomy=build_anatomy(model, model.config), device="cpu", dtype="float32",
         structure_only=False,
     )
+
+
+class CharTokenizer:
+    """One token per character (code point mod the vocabulary): lets analyzers run on a tiny model."""
+
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def __call__(self, text: str, return_tensors: str = "pt", add_special_tokens: bool = True):
+        from types import SimpleNamespace
+
+        ids = [3 + ord(char) % (COMMON["vocab_size"] - 3) for char in text]
+        return SimpleNamespace(input_ids=torch.tensor([ids]))
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(32 + int(i) % 90) for i in ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {f"t{i}": i for i in range(COMMON["vocab_size"])}

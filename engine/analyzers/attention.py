@@ -6,6 +6,7 @@ positions after the first, at least ``ROLE_THRESHOLD`` of its attention goes the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.analyzers._sites import run_with
+from engine.analyzers.base import Progress
 from engine.errors import GarageError
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
+from engine.run import run
 from engine.runner import encode
 
 ROLE_THRESHOLD = 0.5
@@ -100,6 +102,9 @@ def attention_report(
     loaded: LoadedModel,
     prompt: str,
     interventions: Sequence[Intervention] = (),
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> AttentionReport:
     """Every head's pattern, entropy and role for ``prompt`` (runs eager attention)."""
     anatomy = loaded.anatomy
@@ -107,7 +112,7 @@ def attention_report(
         raise GarageError(f"'{loaded.name}' has no attention layers this garage knows how to read")
     ids = encode(loaded, prompt)
     addresses = [f"L{i}.attn.pattern" for i in range(anatomy.n_layers)]
-    _, tap = run_with(loaded, ids, interventions=interventions, capture=addresses)
+    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress).tap
     patterns = torch.stack([tap[address][0].float() for address in addresses])
     tokens = [loaded.tokenizer.decode([i]) for i in ids[0].tolist()]
     report = AttentionReport(prompt, tokens, patterns=patterns)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from engine.addresses import Target
-from engine.analyzers._sites import (
+from engine.analyzers.base import (
     Progress,
     check_cancel,
     notify,
@@ -26,20 +25,16 @@ from engine.analyzers._sites import (
     replay_prefix,
     require_causal,
     require_heads,
-    run_with,
 )
 from engine.errors import GarageError
 from engine.interventions import ABLATE_MODES
 from engine.loading import LoadedModel
+from engine.run import run
 from engine.runner import encode
+from engine.sample_text import sample_text
 
 DEFAULT_WINDOW = 96
 ROWS_PER_PASS = 11  # a layer's 9 heads, attention block and MLP in one pass on SmolLM2
-
-
-def sample_text() -> str:
-    """The English sample text bundled with the engine."""
-    return resources.files("engine").joinpath("data/sample_text.txt").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -150,7 +145,7 @@ def head_importance(
         raise GarageError(f"layers must be within 0–{n_layers - 1}, got {chosen}")
     ids = window_ids(loaded, text, window)
     notify(progress, "clean run", 0.0)
-    clean_logits, recorded = record_blocks(loaded, ids)
+    clean_logits, recorded = record_blocks(loaded, ids, cancel)
     clean_loss = float(_row_losses(clean_logits, ids)[0])
     jobs = _jobs(loaded, chosen, blocks)
     # one layer's ablations per pass, so every row replays the clean blocks before its layer
@@ -163,7 +158,7 @@ def head_importance(
         edits = [(target, _row_ablation(row, columns, mode)) for row, (_, target, columns) in enumerate(chunk)]
         batch = ids.expand(len(chunk), -1)
         with replay_prefix(loaded, recorded, chunk[0][0].layer):
-            logits, _ = run_with(loaded, batch, edits=edits)
+            logits = run(loaded, batch, edits=edits, cancel=cancel).logits
         for (entry, _, _), loss in zip(chunk, _row_losses(logits, batch).tolist(), strict=True):
             entry.loss, entry.delta = loss, loss - clean_loss
         done += len(chunk)

@@ -6,6 +6,7 @@ last layer's reading is exactly the model's prediction, which the tests pin.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.analyzers._sites import require_causal, run_with
+from engine.analyzers.base import Progress, require_causal
 from engine.errors import GarageError
+from engine.hooks import Tap
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
+from engine.run import run
 from engine.runner import encode
 
 
@@ -63,7 +66,10 @@ def read_residual(loaded: LoadedModel, residual: Tensor) -> Tensor:
     norm = loaded.model.get_submodule(norm_part.module_path) if norm_part and norm_part.module_path else None
     head = loaded.model.get_submodule(head_part.module_path)
     with torch.inference_mode():
-        return head(norm(residual) if norm is not None else residual)
+        logits = head(norm(residual) if norm is not None else residual)
+        # Gemma 2 (and any config that sets it) squashes the logits as its own forward does.
+        cap = getattr(loaded.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def logit_lens(
@@ -72,6 +78,9 @@ def logit_lens(
     top_k: int = 5,
     interventions: Sequence[Intervention] = (),
     position: int = -1,
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> LensReport:
     """For each layer, the top-k next tokens read from its output residual at ``position``.
 
@@ -88,7 +97,18 @@ def logit_lens(
                           f"pass one from 0 to {n_tokens - 1} (or -1 for the last)")
     position %= n_tokens
     addresses = ["embed.out"] + [f"L{i}.out" for i in range(loaded.anatomy.n_layers)]
-    logits, tap = run_with(loaded, ids, interventions=interventions, capture=addresses)
+    output = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress)
+    return lens_rows(loaded, ids, output.logits, output.tap, addresses, top_k, position, prompt)
+
+
+def lens_rows(loaded: LoadedModel, ids: Tensor, logits: Tensor, tap: Tap, addresses: Sequence[str], top_k: int,
+              position: int, prompt: str) -> LensReport:
+    """The lens report from a pass already made: its logits and its captured residuals at ``addresses``.
+
+    ``position`` is a prompt position (negative from the end); ``prompt_report`` reads the lens
+    off its own pass this way instead of running the model again.
+    """
+    position %= ids.shape[1]
     final_id = int(logits[0, position].argmax())
     residuals = torch.stack([tap[address][0, position] for address in addresses])
     lens_logits = read_residual(loaded, residuals).float()

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from engine.addresses import Target
-from engine.analyzers._sites import (
+from engine.analyzers.base import (
     Progress,
     check_cancel,
     notify,
@@ -27,10 +27,10 @@ from engine.analyzers._sites import (
     replay_prefix,
     require_causal,
     require_heads,
-    run_with,
 )
 from engine.errors import GarageError
 from engine.loading import LoadedModel
+from engine.run import run
 from engine.runner import encode
 
 ROWS_PER_PASS = 32
@@ -108,8 +108,9 @@ def activation_patching(
     check_cancel(cancel, "activation patching")
     addresses = [f"L{i}.out" for i in range(n_layers)] + [f"L{i}.attn.z" for i in sorted(head_layers)]
     notify(progress, "clean and corrupted runs", 0.0)
-    clean_logits, tap = run_with(loaded, clean_ids, capture=addresses)
-    corrupt_logits, recorded = record_blocks(loaded, corrupt_ids)
+    clean_run = run(loaded, clean_ids, capture=addresses, cancel=cancel)
+    clean_logits, tap = clean_run.logits, clean_run.tap
+    corrupt_logits, recorded = record_blocks(loaded, corrupt_ids, cancel)
     answer = int(clean_logits[0, -1].argmax())
     ranked = corrupt_logits[0, -1].argsort(descending=True)
     wrong = int(ranked[0]) if int(ranked[0]) != answer else int(ranked[1])
@@ -139,7 +140,7 @@ def activation_patching(
         edits = [(job[3], _patch_row(row, job[4], job[5], job[6])) for row, job in enumerate(chunk)]
         batch = corrupt_ids.expand(len(chunk), -1)
         with replay_prefix(loaded, recorded, min(job[1] for job in chunk)):
-            logits, _ = run_with(loaded, batch, edits=edits, last_logits_only=True)
+            logits = run(loaded, batch, edits=edits, last_logits_only=True, cancel=cancel).logits
         restored = ((diff(logits) - corrupt_diff) / (clean_diff - corrupt_diff)).tolist()
         for (kind, layer, index, *_), value in zip(chunk, restored, strict=True):
             (report.layer_position if kind == "layer" else report.heads)[layer][index] = value

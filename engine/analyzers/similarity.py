@@ -6,6 +6,7 @@ to the stream and is a candidate for removal when slimming a model.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.analyzers._sites import run_with
+from engine.analyzers.base import Progress
 from engine.errors import GarageError
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
+from engine.run import run
 from engine.runner import encode
 
 FLAG_COSINE = 0.98  # in/out cosine at or above this flags a layer as "barely changes the stream"
@@ -59,6 +61,9 @@ def layer_similarity(
     prompt: str,
     interventions: Sequence[Intervention] = (),
     threshold: float = FLAG_COSINE,
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> SimilarityReport:
     """Cosine between each layer's input and output residual, and between all layer outputs."""
     n_layers = loaded.anatomy.n_layers
@@ -66,7 +71,7 @@ def layer_similarity(
         raise GarageError(f"'{loaded.name}' has no layers this garage knows how to compare")
     ids = encode(loaded, prompt)
     addresses = [f"L{i}.{point}" for i in range(n_layers) for point in ("in", "out")]
-    _, tap = run_with(loaded, ids, interventions=interventions, capture=addresses)
+    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress).tap
     report = SimilarityReport(prompt, threshold=threshold)
     outputs = []
     for layer in range(n_layers):

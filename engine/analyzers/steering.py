@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,11 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.analyzers._sites import run_with
+from engine.addresses import resolve
+from engine.analyzers.base import Progress
 from engine.analyzers.generate import Generation, generate
-from engine.errors import GarageError
+from engine.errors import GarageError, InterventionError
 from engine.interventions import Intervention, steer
 from engine.loading import LoadedModel
+from engine.progress import scaled
+from engine.run import run
 from engine.runner import encode
 
 
@@ -41,11 +46,13 @@ class SteeringVector:
                 "n_positive": self.n_positive, "n_negative": self.n_negative}
 
 
-def _mean_residual(loaded: LoadedModel, layer: int, prompts: Sequence[str]) -> Tensor:
+def _mean_residual(loaded: LoadedModel, layer: int, prompts: Sequence[str], cancel: threading.Event | None,
+                   progress: Progress | None) -> Tensor:
     address = f"L{layer}.out"
     means = []
-    for prompt in prompts:
-        _, tap = run_with(loaded, encode(loaded, prompt), capture=[address])
+    for index, prompt in enumerate(prompts):
+        tap = run(loaded, encode(loaded, prompt), capture=[address], cancel=cancel,
+                  progress=scaled(progress, index / len(prompts), (index + 1) / len(prompts))).tap
         means.append(tap[address][0].double().mean(dim=0))
     return torch.stack(means).mean(dim=0)
 
@@ -55,6 +62,9 @@ def steering_vector(
     layer: int,
     positive_prompts: Sequence[str],
     negative_prompts: Sequence[str],
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> SteeringVector:
     """Mean over prompts (of the mean over tokens) of ``L{layer}.out``: positive minus negative."""
     n_layers = loaded.anatomy.n_layers
@@ -62,7 +72,8 @@ def steering_vector(
         raise GarageError(f"layer {layer} is out of range: this model has layers 0–{n_layers - 1}")
     if not positive_prompts or not negative_prompts:
         raise GarageError("a steering vector needs at least one positive and one negative prompt")
-    difference = _mean_residual(loaded, layer, positive_prompts) - _mean_residual(loaded, layer, negative_prompts)
+    difference = (_mean_residual(loaded, layer, positive_prompts, cancel, scaled(progress, 0.0, 0.5))
+                  - _mean_residual(loaded, layer, negative_prompts, cancel, scaled(progress, 0.5, 1.0)))
     dtype = next(loaded.model.parameters()).dtype
     return SteeringVector(layer, difference.to(dtype), len(positive_prompts), len(negative_prompts))
 
@@ -84,7 +95,34 @@ def compare_steering(
     prompt: str,
     strengths: Sequence[float] = (0.0, 4.0),
     max_new_tokens: int = 20,
+    *,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> SteeringComparison:
     """Greedy generations of ``prompt`` steered at each strength (0 is the unsteered text)."""
-    generations = {float(s): generate(loaded, prompt, max_new_tokens, [vector.intervention(s)]) for s in strengths}
+    count = max(len(strengths), 1)
+    generations = {float(s): generate(loaded, prompt, max_new_tokens, [vector.intervention(s)], cancel=cancel,
+                                      progress=scaled(progress, i / count, (i + 1) / count))
+                   for i, s in enumerate(strengths)}
     return SteeringComparison(vector, prompt, generations)
+
+
+def steer_from_prompts(loaded: LoadedModel, address: str, positive: Sequence[str], negative: Sequence[str],
+                       strength: float = 4.0, *, cancel: threading.Event | None = None,
+                       progress: Progress | None = None) -> Intervention:
+    """A steer on layer ``address`` whose vector is the positive-minus-negative residual mean there.
+
+    The vector comes from ``steering_vector`` at the layer's output;
+    the prompts travel in ``origin``, so the same call rebuilds an equal vector later.
+    """
+    target = resolve(loaded.anatomy, address)
+    if target.part.kind != "layer" or target.point not in (None, "out"):
+        raise InterventionError(
+            f"cannot steer '{address}' from prompts: pick a layer such as L10 (its output is steered)"
+        )
+    if not math.isfinite(float(strength)):
+        raise InterventionError(f"steering strength for '{address}' must be a finite number, got {strength}")
+    positive, negative = [str(p) for p in positive], [str(n) for n in negative]
+    layer = int(target.part.address.removeprefix("L"))
+    vector = steering_vector(loaded, layer, positive, negative, cancel=cancel, progress=progress).vector
+    return steer(target.part.address, vector, strength, origin={"positive": positive, "negative": negative})

@@ -1,4 +1,4 @@
-"""Tensor blends: linear (weighted sum) and slerp (spherical interpolation).
+"""Tensor blends: linear (weighted sum) and slerp (spherical interpolation); ops in ``engine.build.ops``.
 
 Both compute in float32 (float64 for float64 inputs) and keep their endpoints exact: a term
 with weight 0 contributes nothing (not ``0 * x``, which would turn ``-0.0`` into ``+0.0``
@@ -59,12 +59,7 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     return (scale_a * a_flat + scale_b * b_flat).reshape(a.shape)
 
 
-def apply_op(op: str, tensors: Sequence[Tensor], params: dict) -> Tensor:
-    """The tensor an op makes from its inputs: copy, linear or slerp."""
-    if op == "copy":
-        return tensors[0]
-    if op == "linear":
-        return linear(tensors, params["weights"])
-    if op == "slerp":
-        return slerp(tensors[0], tensors[1], float(params["t"]))
-    raise ValueError(f"unknown op {op!r}")
+def source_dtype(result: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    """Back to the sources' dtype when they share one (bf16 in, bf16 out, as mergekit does)."""
+    dtypes = {t.dtype for t in tensors}
+    return result.to(tensors[0].dtype) if len(dtypes) == 1 and result.dtype not in dtypes else result

@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.build.blend import apply_op
+from engine.build.ops import apply_op
+from engine.build.out_folder import check_out_folder
 from engine.build.plan import Plan, TensorPlan
 from engine.build.recipe import Recipe
 from engine.build.recipe_parse import dump_recipe
 from engine.build.sources import ST_DTYPES, TOKENIZER_FILES, Source, digest_sources, read_tensor
 from engine.build.validate import ValidationReport, require_valid
 from engine.errors import StorageError
-from engine.storage import atomic_output_dir
+from engine.storage import atomic_output_dir, sweep_stale_staging
 
 Progress = Callable[[str, float | None], None]
 Fetch = Callable[[str, str], Tensor]
@@ -188,8 +189,9 @@ def build(
     recipe, plan, sources = report.recipe, report.plan, report.sources
     assert plan is not None and recipe.embed is not None  # require_valid guarantees both
     target = Path(out_dir).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise StorageError(f"{target} already exists and is not empty; choose another --out or pass --force")
+    if target.parent.is_dir():
+        sweep_stale_staging(target.parent, target.name)  # a killed earlier build: old folder back, staging gone
+    check_out_folder(target, overwrite)
     if progress is not None:
         progress("hashing source weights", 0.0)
     resolved = resolved_sources(sources)
@@ -214,5 +216,6 @@ def build(
                       "tied_embeddings": plan.tied, "recomputed_config": plan.recomputed,
                       "warnings": [w.to_dict() for w in report.warnings], "tensors": rows}
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        check_out_folder(target, overwrite)  # again: the folder may have changed during the build
     return BuildResult(target, recipe, report, shards, len(rows), plan.total_bytes,
                        time.perf_counter() - started, rows)

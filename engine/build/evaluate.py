@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from engine.decode import greedy_decode
 from engine.errors import GarageError
-from engine.loading import Cancelled, LoadedModel, open_model
+from engine.loading import LoadedModel, open_model
+from engine.progress import Progress, check_cancel, notify
+from engine.run import run
+from engine.runner import encode
+from engine.sample_text import SAMPLE_TEXT_PATH, sample_text
 
-Progress = Callable[[str, float | None], None]
 WINDOW = 256
 STRIDE = 224  # each window after the first re-reads 32 tokens of context; ~10% extra compute
 NEW_TOKENS = 16
 PROMPTS = ("The capital of France is", "Once upon a time, there was a", "The three primary colors are")
-
-
-def sample_text() -> str:
-    return resources.files("engine").joinpath("data/sample_text.txt").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -65,7 +64,7 @@ class EvalReport:
         return self.rows[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": "engine/data/sample_text.txt", "text_bytes": self.text_bytes, "window": self.window,
+        return {"text": SAMPLE_TEXT_PATH, "text_bytes": self.text_bytes, "window": self.window,
                 "stride": self.stride, "models": [row.to_dict() for row in self.rows]}
 
 
@@ -87,18 +86,11 @@ def _encode(loaded: LoadedModel, text: str) -> Tensor:
     return ids
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("evaluation was cancelled")
-
-
-@torch.inference_mode()
 def score_text(loaded: LoadedModel, ids: Tensor, window: int = WINDOW, stride: int = STRIDE,
                cancel: threading.Event | None = None) -> tuple[float, int, Tensor]:
     """Total negative log-likelihood (nats), tokens scored and the argmax prediction at every
     scored position, with a sliding window: each token is scored once, with up to
     ``window - stride`` tokens of context carried over."""
-    model = loaded.model
     device = loaded.input_device
     total_nll = 0.0
     scored = 0
@@ -106,13 +98,13 @@ def score_text(loaded: LoadedModel, ids: Tensor, window: int = WINDOW, stride: i
     previous_end = 1  # token 0 (BOS) is context, never a target
     n = ids.shape[0]
     for begin in range(0, n, stride):
-        _check_cancel(cancel)
+        check_cancel(cancel, "evaluation")
         end = min(begin + window, n)
         target_count = end - previous_end
         if target_count <= 0:
             break
         chunk = ids[begin:end].unsqueeze(0).to(device)
-        logits = model(input_ids=chunk).logits[0].float()
+        logits = run(loaded, chunk, cancel=cancel).logits[0].float()
         log_probs = torch.log_softmax(logits[-target_count - 1:-1], dim=-1)
         targets = chunk[0, -target_count:]
         total_nll -= float(log_probs.gather(1, targets.unsqueeze(1)).sum())
@@ -124,21 +116,11 @@ def score_text(loaded: LoadedModel, ids: Tensor, window: int = WINDOW, stride: i
     return total_nll, scored, torch.cat(predictions)
 
 
-@torch.inference_mode()
-def greedy(loaded: LoadedModel, prompt: str, new_tokens: int = NEW_TOKENS) -> tuple[list[int], str]:
-    """Greedy continuation with the KV cache; returns the new ids and their text."""
-    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(loaded.input_device)
-    output = loaded.model(input_ids=ids, use_cache=True)
-    cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-    new_ids: list[int] = []
-    for step_index in range(new_tokens):
-        next_id = int(output.logits[0, -1].argmax())
-        new_ids.append(next_id)
-        if step_index == new_tokens - 1:
-            break
-        step = torch.tensor([[next_id]], device=ids.device)
-        output = loaded.model(input_ids=step, cache=cache, use_cache=True)
-        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+def greedy(loaded: LoadedModel, prompt: str, new_tokens: int = NEW_TOKENS,
+           cancel: threading.Event | None = None) -> tuple[list[int], str]:
+    """Exactly ``new_tokens`` greedy tokens (no stop at end-of-sequence); the new ids and their text."""
+    ids = encode(loaded, prompt)
+    new_ids = greedy_decode(loaded, ids, new_tokens, stop_at_eos=False, cancel=cancel).new_tokens
     return new_ids, loaded.tokenizer.decode(new_ids)
 
 
@@ -154,12 +136,14 @@ def _open(model_or_dir: LoadedModel | str | Path) -> LoadedModel:
 
 def recorded_sources(folder: str | Path) -> list[str]:
     """The source specs a built folder's ``recipe.yaml`` names (empty for other folders)."""
-    import yaml
+    from engine.safe_parse import load_yaml
 
     path = Path(folder) / "recipe.yaml"
     if not path.is_file():
         return []
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    document = load_yaml(path, "built recipe") or {}  # size, depth and alias limits: it is a file from disk
+    if not isinstance(document, dict):
+        raise GarageError(f"built recipe {path} is not a mapping; it was not written by `garage build`")
     resolved = (document.get("resolved") or {}).get("sources") or {}
     specs = []
     for alias, spec in (document.get("sources") or {}).items():
@@ -179,8 +163,7 @@ def _score(loaded: LoadedModel, role: str, text: str, window: int, stride: int,
     nll, scored, predictions = score_text(loaded, ids, window, stride, cancel)
     continuations = []
     for prompt in prompts:
-        _check_cancel(cancel)
-        _, continuation = greedy(loaded, prompt, new_tokens)
+        _, continuation = greedy(loaded, prompt, new_tokens, cancel)
         continuations.append({"prompt": prompt, "continuation": continuation})
     return ModelScore(
         name=loaded.name, role=role, perplexity=math.exp(nll / scored),
@@ -210,8 +193,7 @@ def evaluate(
         models.append((_open(source), "source"))
     rows = []
     for index, (loaded, role) in enumerate(models):
-        if progress is not None:
-            progress(f"evaluating {loaded.name}", index / len(models))
+        notify(progress, f"evaluating {loaded.name}", index / len(models))
         rows.append(_score(loaded, role, text, window, stride, prompts, new_tokens, cancel))
     main = rows[0]
     for row in rows[1:]:
@@ -222,6 +204,5 @@ def evaluate(
             agreement = float(torch.eq(ours, theirs).float().mean())
         main.agreement[row.name] = agreement
         row.agreement[main.name] = agreement
-    if progress is not None:
-        progress("done", 1.0)
+    notify(progress, "done", 1.0)
     return EvalReport(rows, window, stride, len(text.encode("utf-8")))

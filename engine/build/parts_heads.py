@@ -15,6 +15,7 @@ from torch import Tensor
 
 from engine.build.recipe import HeadMove, Problem, Recipe
 from engine.build.sources import Source
+from engine.build.transplant import Transplant
 from engine.errors import GarageError
 from engine.families import FamilyTable, family_for, head_geometry
 
@@ -71,8 +72,6 @@ def check_part_move(recipe: Recipe, base: Source, move: HeadMove) -> Problem | N
 def part_transplants(move: HeadMove, table: FamilyTable, rel: str, proj: str, dst_ranges: dict[str, list],
                      moves_kv: bool, shape: tuple[int, ...]) -> list[Any]:
     """Transplants of one output attention tensor (block-relative ``rel``) from a head part."""
-    from engine.build.head_moves import Transplant
-
     assert move.part is not None
     record = part_record(move.part)
     layer_pattern = re.compile(rf"(?:^|\.){re.escape(table.blocks)}\.\d+\.(.+)$")

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
-from engine.build.head_moves import Transplant, head_transplants
+from engine.build.head_moves import head_transplants
 from engine.build.recipe import LayerSpec, Mix, Problem, Recipe
 from engine.build.sources import DTYPE_CODES, Source, checkpoint_renames, source_state_names
+from engine.build.transplant import Transplant
 from engine.families import FamilyTable, family_for
+from engine.module_paths import join_path as _join
 
 
 @dataclass
@@ -77,7 +79,7 @@ TOP = "^"  # marks a tensor name relative to the top-level module, not the base 
 
 def meta_model(config: Any):
     """``config``'s model class instantiated on the meta device (no memory, no weights)."""
-    from engine.loading import _model_class
+    from engine.loading import model_class as _model_class
 
     with torch.device("meta"):
         return _model_class(config).from_config(copy.deepcopy(config))
@@ -103,10 +105,6 @@ def source_layout(source: Source) -> SourceLayout:
         tied = {}
     names = source_state_names(source, keys, anatomy.base_path, checkpoint_renames(model))
     return SourceLayout(anatomy.base_path, names, tied)
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
 
 
 def component_of(table: FamilyTable, rel: str) -> str:
@@ -200,9 +198,17 @@ class Planner:
         config, recomputed = output_config(recipe, self.sources)
         if untie_needed(recipe, self.sources):
             config.tie_word_embeddings = False
+        from engine.limits import LimitError, check_config_sizes
+
+        try:  # config overrides are read from the recipe: sizes are limited before even a meta model
+            check_config_sizes(config, "the output config")
+        except LimitError as exc:
+            self.fail("config", str(exc))
+            return None
         try:
             model = meta_model(config)
-        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError) as exc:
+            # what transformers raises for a config its model class cannot build
             self.fail("config", f"the output config does not instantiate under the installed transformers: "
                                 f"{str(exc).splitlines()[0]}; fix the config overrides or the layer list")
             return None

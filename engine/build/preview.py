@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,9 +19,8 @@ from engine.build.builder import materialize
 from engine.build.plan import SourceLayout, source_layout
 from engine.build.recipe import Recipe
 from engine.build.validate import require_valid
-from engine.loading import Cancelled, LoadedModel, open_model
-
-Progress = Callable[[str, float | None], None]
+from engine.loading import LoadedModel, open_model
+from engine.progress import Progress, check_cancel, notify
 
 
 def set_layer_index(layer: nn.Module, index: int) -> None:
@@ -74,10 +72,8 @@ def preview(
     assert plan is not None and recipe.base_alias is not None and recipe.embed is not None
     loaded: dict[str, LoadedModel] = {}
     for alias, source in sources.items():
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("the preview was cancelled")
-        if progress is not None:
-            progress(f"opening {alias}", len(loaded) / (len(sources) + 1))
+        check_cancel(cancel, "the preview")
+        notify(progress, f"opening {alias}", len(loaded) / (len(sources) + 1))
         given = (models or {}).get(alias)
         loaded[alias] = given if given is not None else open_model(str(source.folder))
     layouts = {alias: source_layout(source) for alias, source in sources.items()}
@@ -99,7 +95,9 @@ def preview(
         source_model = loaded[ref.alias]
         source_blocks: Any = source_model.model.get_submodule(
             ".".join(p for p in (source_model.anatomy.base_path, plan.table.blocks) if p))
-        layers.append(set_layer_index_and_return(copy.deepcopy(source_blocks[ref.layer]), index))
+        layer = copy.deepcopy(source_blocks[ref.layer])
+        set_layer_index(layer, index)
+        layers.append(layer)
     new_parent = hybrid.get_submodule(parent_path) if parent_path else hybrid
     setattr(new_parent, attr, layers)
     config = copy.deepcopy(plan.config)
@@ -122,16 +120,10 @@ def preview(
         elif entry.inputs[0][0] != recipe.base_alias or entry.op != "copy" or entry.transplants:
             _assign(hybrid, entry.name, materialize(entry, fetch))
     hybrid.eval()
-    if progress is not None:
-        progress("ready", 1.0)
+    notify(progress, "ready", 1.0)
     embed = loaded[recipe.embed]
     return LoadedModel(
         name=f"{recipe.name} (preview)", source="preview", source_kind="preview", model=hybrid, config=config,
         tokenizer=embed.tokenizer, anatomy=build_anatomy(hybrid, config), device=base.device, dtype=base.dtype,
         structure_only=False, extra={"recipe": recipe.to_dict(), "layer_origins": plan.layer_origins},
     )
-
-
-def set_layer_index_and_return(layer: nn.Module, index: int) -> nn.Module:
-    set_layer_index(layer, index)
-    return layer

@@ -13,7 +13,6 @@ from typing import Any
 from engine.errors import GarageError
 
 RECIPE_VERSION = 1
-BLEND_METHODS = ("linear", "slerp")
 COMPONENTS = ("attn", "mlp", "norms")
 
 
@@ -51,9 +50,8 @@ class Mix:
     """Where one part of an output layer comes from: one layer (copy) or a blend of several."""
 
     refs: list[LayerRef]
-    method: str = "copy"  # copy | linear | slerp
-    weights: list[float] | None = None
-    t: float | None = None
+    method: str = "copy"  # a recipe op by name (engine.build.ops): copy, linear, slerp, …
+    options: dict[str, Any] = field(default_factory=dict)  # the op's parsed params (weights, t, …)
     path: str = ""
 
     @property
@@ -61,11 +59,7 @@ class Mix:
         return self.method == "copy"
 
     def params(self) -> dict[str, Any]:
-        if self.method == "linear":
-            return {"weights": self.weights}
-        if self.method == "slerp":
-            return {"t": self.t}
-        return {}
+        return dict(self.options)
 
     def to_dict(self) -> Any:
         if self.is_copy:

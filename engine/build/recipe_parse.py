@@ -7,15 +7,14 @@ sources agree with each other is ``validate.py``'s job.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from engine.build.ops import OPS, OpFieldError, blend_methods
 from engine.build.recipe import (
-    BLEND_METHODS,
     COMPONENTS,
     RECIPE_VERSION,
     HeadMove,
@@ -56,10 +55,18 @@ def _read_document(path_or_text: str | Path) -> tuple[Any, dict[str, int], str]:
         if not file.is_file():
             raise RecipeError(f"no such recipe file: {file}; pass a .yaml or .json recipe")
         origin = str(file)
-        text = file.read_text(encoding="utf-8")
+    from engine.limits import MAX_RECIPE_BYTES
+    from engine.safe_parse import BadDocumentError, loads_document, read_text_limited
+
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
+        if origin != "<text>":
+            text = read_text_limited(Path(origin), "recipe", MAX_RECIPE_BYTES)  # size and UTF-8 first
+        elif len(text) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe text is larger than the limit of {MAX_RECIPE_BYTES:,} bytes")
+        # depth, alias expansion, cycles and non-finite numbers are refused before use
+        document, node = loads_document(text, f"recipe {origin}")
+    except BadDocumentError as exc:
+        raise RecipeError(str(exc)) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -99,28 +106,16 @@ def _blend(recipe: Recipe, entry: dict[str, Any], path: str) -> Mix | None:
     if any(ref is None for ref in refs):
         return None
     method = entry.get("method", "linear")
-    if method not in BLEND_METHODS:
-        recipe.problems.append(recipe.problem(f"{path}.method", f"unknown blend method {method!r}; use linear "
-                                                                "or slerp"))
+    if not isinstance(method, str) or method not in blend_methods():
+        recipe.problems.append(recipe.problem(f"{path}.method", f"unknown blend method {method!r}; use "
+                                                                f"{' or '.join(blend_methods())}"))
         return None
-    mix = Mix(refs, method, path=path)  # type: ignore[arg-type]
-    if method == "linear":
-        weights = entry.get("weights", [1.0 / len(refs)] * len(refs))
-        numeric = isinstance(weights, list) and all(_is_number(w) for w in weights)
-        if not numeric or len(weights) != len(refs):
-            recipe.problems.append(recipe.problem(f"{path}.weights", f"linear blend needs {len(refs)} numeric "
-                                                                     "weights, one per layer"))
-            return None
-        mix.weights = [float(w) for w in weights]
-    else:
-        t = entry.get("t", 0.5)
-        if len(refs) != 2:
-            recipe.problems.append(recipe.problem(f"{path}.blend", "slerp blends exactly two layers"))
-            return None
-        if not _is_number(t) or not 0.0 <= float(t) <= 1.0:
-            recipe.problems.append(recipe.problem(f"{path}.t", f"slerp t must be a number between 0 and 1, got {t!r}"))
-            return None
-        mix.t = float(t)
+    try:
+        options = OPS.get(method).parse(entry, len(refs))
+    except OpFieldError as exc:
+        recipe.problems.append(recipe.problem(f"{path}.{exc.field}", str(exc)))
+        return None
+    mix = Mix(refs, method, options=options, path=path)  # type: ignore[arg-type]
     return mix
 
 
@@ -164,6 +159,12 @@ def _layers(recipe: Recipe, entries: Any) -> list[LayerSpec]:
         recipe.problems.append(recipe.problem("layers", "layers wants a non-empty list of {take: a.L3} / "
                                                         "{blend: [...]} entries"))
         return []
+    from engine.limits import MAX_RECIPE_LAYERS
+
+    if len(entries) > MAX_RECIPE_LAYERS:
+        recipe.problems.append(recipe.problem("layers", f"{len(entries):,} layer entries, over the garage's limit "
+                                                        f"of {MAX_RECIPE_LAYERS:,} layers"))
+        return []
     specs: list[LayerSpec] = []
     for index, entry in enumerate(entries):
         path = f"layers[{index}]"
@@ -190,6 +191,11 @@ def _layers(recipe: Recipe, entries: Any) -> list[LayerSpec]:
             if stop < start:
                 recipe.problems.append(recipe.problem(f"{path}.take", f"range {entry['take']} runs backwards; "
                                                                       f"write {alias}.L{stop}-{start}"))
+                continue
+            if stop - start + 1 + len(specs) > MAX_RECIPE_LAYERS:
+                recipe.problems.append(recipe.problem(f"{path}.take", f"{entry['take']} makes the recipe longer "
+                                                                      f"than the garage's limit of "
+                                                                      f"{MAX_RECIPE_LAYERS:,} layers"))
                 continue
             if stop > start and overrides_given:
                 recipe.problems.append(recipe.problem(path, "overrides (attn, mlp, norms, heads) need a single "
@@ -282,12 +288,3 @@ def load_recipe(path_or_text: str | Path | dict) -> Recipe:
 def dump_recipe(document: dict[str, Any]) -> str:
     """YAML text for a recipe document, keys in the order given."""
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=100)
-
-
-def recipe_json(recipe: Recipe) -> str:
-    return json.dumps(recipe.to_dict(), indent=2)
-
-
-def _is_number(value: object) -> bool:
-    # YAML's true/false are ints in Python; a recipe weight of `true` is a typo, not 1.0.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

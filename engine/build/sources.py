@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
 from collections.abc import Sequence
@@ -148,7 +147,7 @@ def _tokenizer_digest(folder: Path) -> str | None:
 def locate_folder(spec: str) -> tuple[str, Path]:
     """The HF folder a source spec names (bundled GGUF → its safetensors conversion)."""
     from engine.bundled import BUNDLED, bundled_path
-    from engine.loading import _HUB_ID
+    from engine.loading import HUB_ID as _HUB_ID
 
     if spec in BUNDLED:
         path = bundled_path(spec)
@@ -175,12 +174,12 @@ def _hub_folder(spec: str) -> Path:
     """The local snapshot of a hub model: from the hub cache, else downloaded once into it."""
     from huggingface_hub import snapshot_download
 
-    from engine.loading import _hub_reachable
+    from engine.loading import hub_reachable as _hub_reachable
 
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
     try:
         return Path(snapshot_download(spec, local_files_only=True, allow_patterns=patterns))
-    except Exception:  # noqa: BLE001 - any failure here means "not in the cache yet"
+    except (OSError, ValueError):  # not in the cache yet (or an id the hub would refuse: asked below)
         pass
     if not _hub_reachable():
         raise SourceError(
@@ -189,7 +188,7 @@ def _hub_folder(spec: str) -> Path:
         )
     try:
         return Path(snapshot_download(spec, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many classes; all mean "cannot fetch"
+    except (OSError, ValueError) as exc:  # the hub's HTTP, not-found and bad-id errors are all of these
         raise SourceError(
             f"cannot download hub model '{spec}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
             "check the id (and a token for gated models) or name a local folder"
@@ -200,19 +199,27 @@ def resolve_source(alias: str, spec: str) -> Source:
     """Config, tensor headers and tokenizer digest of one source; no weight is read."""
     import transformers
 
+    from engine.errors import ModelLoadError
+    from engine.folder_check import check_config_file, check_tokenizer_file, check_weights_present, index_files
+
     kind, folder = locate_folder(spec)
     config_path = folder / "config.json"
     try:
-        config_doc = json.loads(config_path.read_text(encoding="utf-8"))
+        config_doc = check_config_file(config_path)  # limits first: transformers never sees an absurd config
+        check_weights_present(folder)
+        check_tokenizer_file(folder)
+        listed = index_files(folder)
+    except ModelLoadError as exc:
+        raise SourceError(f"source '{alias}': {exc}") from exc
+    try:
         config = transformers.AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SourceError(f"cannot read {config_path}: {str(exc).splitlines()[0]}") from exc
+    from engine.quantised import refuse_quantised
+
+    refuse_quantised(config, "build from", name=f"{alias} ({folder})")
     tensors: dict[str, TensorEntry] = {}
-    files = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        listed = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / name for name in listed]
+    files = listed if listed is not None else sorted(folder.glob("*.safetensors"))
     if not files:
         raise SourceError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
     for file in files:
@@ -266,10 +273,3 @@ def digest_sources(sources: dict[str, Source]) -> dict[str, dict[str, str]]:
     """sha256 of every weight file of every source (recorded at build time)."""
     return {alias: {file.name: file_digest(file) for file in source.weight_files()}
             for alias, source in sources.items()}
-
-
-def os_rss_note() -> int:
-    """Peak resident set size of this process in bytes (Linux ru_maxrss is in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if os.name == "posix" else 0

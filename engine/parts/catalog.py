@@ -12,13 +12,12 @@ import contextlib
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinydb import Query
-from torch import Tensor, nn
 
 from engine.errors import StorageError
-from engine.parts.errors import PartIntegrityError, PartNameError, PartNotFoundError
+from engine.parts.errors import CatalogCorruptError, PartIntegrityError, PartNameError, PartNotFoundError
 from engine.parts.extract import (
     CheckpointIndex,
     params_of,
@@ -30,12 +29,14 @@ from engine.parts.extract import (
     tensors_from_model,
 )
 from engine.parts.naming import check_name, default_name, part_file
-from engine.parts.plan import PartPlan, plan_part
 from engine.parts.record import PartRecord, VerifyResult
-from engine.parts.store import CATALOG_FILE, locked, open_db
+from engine.parts.store import CATALOG_FILE, TABLE, locked, open_db, record_doc
 from engine.storage import atomic_write_bytes, garage_home
 
-TABLE = "parts"
+if TYPE_CHECKING:  # torch stays unimported for the catalog-only verbs (parts list/show/tag/note/rename/rm)
+    from torch import Tensor, nn
+
+    from engine.parts.plan import PartPlan
 
 
 class PartsBin:
@@ -44,6 +45,7 @@ class PartsBin:
     def __init__(self, home: Path | None = None):
         self.home = Path(home) if home is not None else garage_home()
         self.parts_dir = self.home / "parts"
+        self.notes: builtins.list[str] = []  # what a reading call noticed (a corrupted catalog kept aside)
 
     @property
     def catalog_path(self) -> Path:
@@ -54,6 +56,11 @@ class PartsBin:
                        notes: str = "") -> PartRecord:
         """Extract ``address`` from an open model (with weights) and catalog it."""
         _check_request(name, tags)
+        from engine.quantised import refuse_quantised
+
+        refuse_quantised(loaded, "extract parts from")
+        from engine.parts.plan import plan_part
+
         plan = plan_part(loaded.model, loaded.config, loaded.anatomy, address)
         tensors = tensors_from_model(plan, loaded.model)
         source = {"name": loaded.name, "path": loaded.source, "kind": loaded.source_kind,
@@ -73,11 +80,21 @@ class PartsBin:
         _check_request(name, tags)
         checkpoint = checkpoint_source(path_or_folder)
         structure = checkpoint.loaded
+        from engine.parts.plan import plan_part
+        from engine.quantised import refuse_quantised
+
+        refuse_quantised(structure, "extract parts from")
+
         plan = plan_part(structure.model, structure.config, structure.anatomy, address)
         tensors = tensors_from_checkpoint(plan, CheckpointIndex(checkpoint.weights), structure.anatomy.base_path,
                                           _tied_sources(structure, plan))
         source = {"name": checkpoint.name, "path": checkpoint.path, "kind": "checkpoint",
                   "weights_path": str(checkpoint.weights), "config_hash": plan.config_hash}
+        return self._add(plan, tensors, source, name, tags, notes)
+
+    def add_planned(self, plan: PartPlan, tensors: dict[str, Tensor], source: dict[str, Any],
+                    name: str | None = None, tags: tuple[str, ...] | list[str] = (), notes: str = "") -> PartRecord:
+        """Catalog tensors made elsewhere (SAEs, transcoders, directions) under a plan the caller wrote."""
         return self._add(plan, tensors, source, name, tags, notes)
 
     def _add(self, plan: PartPlan, tensors: dict[str, Tensor], source: dict[str, Any], name: str | None,
@@ -117,13 +134,41 @@ class PartsBin:
         with open_db(self.parts_dir) as db:
             return [PartRecord.from_dict(doc, self.parts_dir) for doc in db.table(TABLE).all()]
 
+    def file_path(self, file: object, name: object) -> Path:
+        """The part file a catalog record names, refused unless it stays inside ``parts/``.
+
+        The catalog is data from disk: a record may name ``../../x``, an absolute path or a
+        symlink out of the folder. Resolved (symlinks too), the file must sit directly in it.
+        """
+        root = self.parts_dir.resolve()
+        if isinstance(file, str) and file and os.path.basename(file) == file and file not in (".", ".."):
+            path = self.parts_dir / file
+            if path.resolve().parent == root:
+                return path
+        raise PartIntegrityError(
+            f"catalog record '{name}' names the file {file!r}, which is not inside {self.parts_dir}; refused, "
+            "nothing was changed; fix that record in catalog.json or move catalog.json away and run "
+            "`garage parts reindex`")
+
     def list(self, source: str | None = None, kind: str | None = None, family: str | None = None,
              tag: str | None = None, text: str | None = None,
-             shape: str | builtins.list[int] | None = None) -> builtins.list[PartRecord]:
-        """Parts matching every filter given; ``shape`` is ``[576, 1536]`` or ``"576x1536"``."""
+             shape: str | builtins.list[int] | None = None,
+             keep_going: bool = False) -> builtins.list[PartRecord]:
+        """Parts matching every filter given; ``shape`` is ``[576, 1536]`` or ``"576x1536"``.
+
+        A corrupted catalog is kept aside and raises ``CatalogCorruptError``; with
+        ``keep_going`` it lists as empty instead and the error's line goes to ``self.notes``.
+        """
         wanted_shape = _parse_shape(shape) if shape is not None else None
         found = []
-        for record in self._all():
+        try:
+            records = self._all()
+        except CatalogCorruptError as exc:
+            if not keep_going:
+                raise
+            self.notes.append(str(exc))
+            records = []
+        for record in records:
             origin = f"{record.source.get('name') or ''}\n{record.source.get('path') or ''}"
             if source and source not in origin:
                 continue
@@ -182,7 +227,7 @@ class PartsBin:
             new_path = part_file(self.parts_dir, new)
             if table.contains(Query().name == new) or new_path.exists():
                 raise PartNameError(f"a part named '{new}' already exists; choose another name")
-            old_path = self.parts_dir / doc["file"]
+            old_path = self.file_path(doc.get("file"), old)
             os.replace(old_path, new_path)
             try:
                 table.update({"name": new, "file": new_path.name}, Query().name == old)
@@ -200,9 +245,13 @@ class PartsBin:
             doc = table.get(Query().name == name)
             if doc is None:
                 raise PartNotFoundError(f"no part named '{name}' in the bin; `garage parts list` shows what is there")
+            path = self.file_path(doc.get("file"), name)
+            if any(other.get("file") == doc.get("file") and other.get("name") != name for other in table.all()):
+                raise PartIntegrityError(f"catalog record '{name}' names {doc.get('file')}, which another record "
+                                         "also names; refused, nothing was changed; fix catalog.json by hand")
             table.remove(Query().name == name)
             with contextlib.suppress(FileNotFoundError):
-                (self.parts_dir / doc["file"]).unlink()
+                path.unlink()
         return PartRecord.from_dict(dict(doc), self.parts_dir)
 
     def reindex(self) -> builtins.list[PartRecord]:
@@ -217,7 +266,7 @@ class PartsBin:
         records = [self.get(name)] if name else self._all()
         results = []
         for record in records:
-            path = self.parts_dir / record.file
+            path = self.file_path(record.file, record.name)
             if not path.is_file():
                 results.append(VerifyResult(record.name, "missing", str(path), record.sha256))
                 continue
@@ -235,7 +284,7 @@ class PartsBin:
     def load_tensors(self, name: str) -> dict[str, Tensor]:
         """The part's tensors, after checking the file still has its catalogued sha256."""
         record = self.get(name)
-        path = self.parts_dir / record.file
+        path = self.file_path(record.file, record.name)
         try:
             payload = path.read_bytes()
         except FileNotFoundError as exc:
@@ -258,9 +307,7 @@ class PartsBin:
 
 
 def _doc(record: PartRecord) -> dict[str, Any]:
-    doc = record.to_dict()
-    doc.pop("path", None)
-    return doc
+    return record_doc(record)
 
 
 def _dtype(tensors: dict[str, Tensor]) -> str:

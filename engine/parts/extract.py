@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from engine.parts.errors import PartError
-from engine.parts.plan import PartPlan
 from engine.parts.record import TensorEntry
+
+if TYPE_CHECKING:  # annotations only: hashing and reading part files must not pay the torch import
+    from torch import Tensor, nn
+
+    from engine.parts.plan import PartPlan
 
 META_KEY = "garage_part"
 
@@ -30,14 +32,18 @@ def _cut(tensor: Tensor, entry: TensorEntry) -> Tensor:
 
 def tensors_from_model(plan: PartPlan, model: nn.Module) -> dict[str, Tensor]:
     """The part's tensors copied out of a loaded model (CPU, contiguous, owning their memory)."""
-    state = dict(model.named_parameters(remove_duplicate=False))
+    state: dict[str, Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors: dict[str, Tensor] = {}
     for entry in plan.tensors:
         source = state.get(entry.source)
         if source is None:
             raise PartError(f"the loaded model has no tensor {entry.source}; reopen the model and try again")
         if source.device.type == "meta":
-            raise PartError("this model was opened structure-only (no weights); open it with weights to extract")
+            from engine.devices import offloaded_tensor
+
+            source = offloaded_tensor(model, entry.source)  # disk-offloaded by accelerate: read it back
+            if source is None:
+                raise PartError("this model was opened structure-only (no weights); open it with weights to extract")
         tensors[entry.name] = _cut(source.detach(), entry).to("cpu").contiguous().clone()
     return tensors
 
@@ -142,11 +148,18 @@ def read_part_file(payload: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    from engine.safe_parse import BadDocumentError, loads_json
+    from engine.safetensors_check import BadSafetensorsError, check_bytes
+
     try:
+        header = check_bytes(payload, "part file")
+        metadata = loads_json((header.get("__metadata__") or {}).get(META_KEY, "{}"), "part metadata")
+        if not isinstance(metadata, dict):
+            raise ValueError("its metadata is not an object")
         tensors = load(payload)
-        header_len = int.from_bytes(payload[:8], "little")
-        header = json.loads(payload[8:8 + header_len])
-        metadata = json.loads((header.get("__metadata__") or {}).get(META_KEY, "{}"))
+    except (BadSafetensorsError, BadDocumentError) as exc:
+        detail = str(exc).split(": ", 1)[-1].removesuffix("; re-download or re-export it")
+        raise PartError(f"part file is not a readable safetensors file ({detail}); run `garage parts verify`") from exc
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
         raise PartError(f"part file is not a readable safetensors file ({exc}); run `garage parts verify`") from exc
     return tensors, metadata

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from engine.parts.errors import PartError
+from engine.parts.positions import build_mask, rotary_embeddings
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -33,8 +34,15 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class HeadModule(nn.Module):
     """Runs one head standalone on the attention block's input hidden states."""
 
-    def __init__(self, fragment: dict[str, Any], tensors: dict[str, Tensor], rotary: nn.Module | None):
+    def __init__(self, fragment: dict[str, Any], tensors: dict[str, Tensor], rotary: nn.Module | None,
+                 norms: dict[str, nn.Module] | None = None, layer_type: str | None = None, config: Any = None):
         super().__init__()
+        # Gemma 3: q/k RMSNorms over each head's dims, and a layer type choosing the rotary base
+        # and the sliding-window mask.
+        self.q_norm = (norms or {}).get("q_norm")
+        self.k_norm = (norms or {}).get("k_norm")
+        self.layer_type = layer_type
+        self.config = config
         geometry = fragment["geometry"]
         self.head_dim = int(geometry["head_dim"])
         self.n_heads = int(geometry["heads"])
@@ -79,10 +87,12 @@ class HeadModule(nn.Module):
         query = self._in_layout(project("q"), self.head, self.n_heads)
         key = self._in_layout(project("k"), self.kv_group, self.n_kv_heads)
         value = self._in_layout(project("v"), self.kv_group, self.n_kv_heads)
+        if self.q_norm is not None and self.k_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        if position_ids is None:
+            position_ids = torch.arange(length, device=hidden_states.device).unsqueeze(0)
         if self.rotary is not None:
-            if position_ids is None:
-                position_ids = torch.arange(length, device=hidden_states.device).unsqueeze(0)
-            cos, sin = self.rotary(hidden_states, position_ids)
+            cos, sin = rotary_embeddings(self.rotary, hidden_states, position_ids, self.layer_type)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
         kwargs: dict[str, Any] = {}
@@ -92,8 +102,11 @@ class HeadModule(nn.Module):
             else:
                 repeats = self.n_heads // self.n_kv_heads
                 key, value = key.repeat_interleave(repeats, dim=1), value.repeat_interleave(repeats, dim=1)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                             scale=self.scaling, is_causal=self.causal and length > 1, **kwargs)
+        mask = None
+        if self.layer_type == "sliding_attention" and self.causal and self.config is not None:
+            mask = build_mask(self.config, True, hidden_states, None, position_ids, self.layer_type)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, scale=self.scaling,
+                                             is_causal=mask is None and self.causal and length > 1, **kwargs)
         return out[:, self.head]
 
     def contribution(self, z: Tensor) -> Tensor:

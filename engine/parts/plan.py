@@ -93,6 +93,10 @@ def _head_tensors(model: nn.Module, anatomy: Anatomy, part: Part, layer: int) ->
                 shape[dim] = stop - start
                 entries.append(TensorEntry(f"{role}.{pname}", tuple(shape), _join(module_path, pname),
                                            (dim, start, stop)))
+    for short in ("q_norm", "k_norm"):  # per-head norms (Gemma 3): one weight shared by every head, whole
+        rel = getattr(table, short)
+        if rel:
+            entries.extend(_module_tensors(model, anatomy.module_path_of(layer, rel), short))
     return entries
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.parts.errors import PartError
+from engine.parts.positions import build_mask, layer_type_of, rotary_embeddings
 
 
 def config_from_fragment(fragment: dict[str, Any]) -> Any:
@@ -33,7 +34,8 @@ def config_from_fragment(fragment: dict[str, Any]) -> Any:
 
 def _meta_model(config: Any, dtype: torch.dtype, attn_implementation: str | None) -> tuple[nn.Module, Any]:
     from engine.anatomy import build_anatomy
-    from engine.loading import _model_class, _quiet_transformers
+    from engine.loading import model_class as _model_class
+    from engine.loading import quiet_transformers as _quiet_transformers
 
     _quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -78,7 +80,12 @@ def build_module(fragment: dict[str, Any], tensors: dict[str, Tensor],
     meta_model, anatomy = _meta_model(config, _dtype_of(tensors), attn_implementation)
     kind = fragment["kind"]
     if kind == "head":
-        return HeadModule(fragment, tensors, _rotary(meta_model, anatomy)).eval()
+        attention_path = ".".join(p for p in (anatomy.base_path, fragment["base_relative_path"]) if p)
+        attention = meta_model.get_submodule(attention_path)
+        norms = {short: _materialize(getattr(attention, short), {"weight": tensors[f"{short}.weight"]})
+                 for short in ("q_norm", "k_norm") if f"{short}.weight" in tensors}
+        return HeadModule(fragment, tensors, _rotary(meta_model, anatomy), norms=norms,
+                          layer_type=layer_type_of(attention), config=meta_model.config).eval()
     if kind == "mlp" and fragment.get("children"):
         return ComposedMLP(fragment, tensors).eval()
     if kind == "lm_head":
@@ -112,23 +119,13 @@ class StandaloneBlock(nn.Module):
 
         if position_ids is None:
             position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
+        layer_type = layer_type_of(self.inner)
         kwargs: dict[str, Any] = {"attention_mask": build_mask(self.config, self.causal, hidden_states,
-                                                               attention_mask, position_ids)}
+                                                               attention_mask, position_ids, layer_type)}
         if self.rotary is not None:
-            kwargs["position_embeddings"] = self.rotary(hidden_states, position_ids)
+            kwargs["position_embeddings"] = rotary_embeddings(self.rotary, hidden_states, position_ids, layer_type)
             kwargs["position_ids"] = position_ids
         return first_tensor(self.inner(hidden_states, **kwargs))
-
-
-def build_mask(config: Any, causal: bool, hidden_states: Tensor, attention_mask: Tensor | None,
-               position_ids: Tensor) -> Any:
-    """The mask the base model would hand its layers (None when the kernel's own causal flag does)."""
-    from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-
-    if causal:
-        return create_causal_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask,
-                                  cache=None, position_ids=position_ids)
-    return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
 
 
 class ComposedMLP(nn.Module):

@@ -91,3 +91,52 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "kind": (str,), "address": (str,), "source": (dict,), "family": (str, type(None)),
+    "model_type": (str, type(None)), "tensors": (list,), "dtype": (str,), "params": (int,), "sha256": (str,),
+    "size_bytes": (int,), "created_at": (str,), "file": (str,), "config": (dict,), "signature": (dict,),
+}
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {"tags": (list,), "notes": (str,)}
+
+
+def record_problem(doc: Any) -> str | None:
+    """What is wrong with one catalog record read from disk (missing fields, wrong types), or None."""
+    if not isinstance(doc, dict):
+        return f"a record is a {type(doc).__name__}, not an object"
+    label = f"record {doc.get('name')!r}" if isinstance(doc.get("name"), str) else "a record"
+    for key, types in _RECORD_TYPES.items():
+        if key not in doc:
+            return f"{label} has no '{key}'"
+        if not isinstance(doc[key], types) or (int in types and isinstance(doc[key], bool)):
+            return f"{label} has '{key}' of the wrong type ({type(doc[key]).__name__})"
+    for key, types in _OPTIONAL_TYPES.items():
+        if key in doc and not isinstance(doc[key], types):
+            return f"{label} has '{key}' of the wrong type ({type(doc[key]).__name__})"
+    if not all(isinstance(tag, str) for tag in doc.get("tags", [])):
+        return f"{label} has a tag that is not text"
+    for entry in doc["tensors"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("source"), str) and isinstance(entry.get("shape"), list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+                and (entry.get("slice") is None or (isinstance(entry["slice"], list) and len(entry["slice"]) == 3
+                                                    and all(isinstance(n, int) for n in entry["slice"])))):
+            return f"{label} has a malformed tensor entry"
+    return None
+
+
+def catalog_problem(document: Any) -> str | None:
+    """What is wrong with a whole TinyDB catalog document, or None when every record is sound."""
+    if not isinstance(document, dict):
+        return f"the top level is a {type(document).__name__}, not a table map"
+    for table_name, table in document.items():
+        if not isinstance(table, dict):
+            return f"table '{table_name}' is a {type(table).__name__}, not a map of records"
+        for doc_id, doc in table.items():
+            if not str(doc_id).isdigit():
+                return f"table '{table_name}' has a record id '{doc_id}' that is not a number"
+            problem = record_problem(doc)
+            if problem is not None:
+                return problem
+    return None

@@ -14,10 +14,14 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from engine.errors import StorageError
+from engine.limits import MAX_DOC_BYTES
 from engine.parts.errors import CatalogCorruptError
-from engine.storage import atomic_write_text, ensure_dir
+from engine.parts.record import PartRecord, catalog_problem
+from engine.safe_parse import BadDocumentError, loads_json
+from engine.storage import atomic_write_text, ensure_dir, sweep_stale_staging
 
 CATALOG_FILE = "catalog.json"
+TABLE = "parts"  # the catalog's one TinyDB table
 LOCK_FILE = ".catalog.lock"
 LOCK_TIMEOUT_S = 120.0
 
@@ -35,21 +39,26 @@ class AtomicJSONStorage(Storage):
 
     def read(self) -> dict[str, Any] | None:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as handle:
+                raw = handle.read(MAX_DOC_BYTES + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError(f"cannot read the parts catalog {self.path}: {exc.strerror}") from exc
-        if not text.strip():
+        if not raw.strip():
             return None
         try:
-            document = json.loads(text)
-            if not isinstance(document, dict) or not all(isinstance(v, dict) for v in document.values()):
-                raise ValueError("top level is not a TinyDB table map")
-        except (ValueError, UnicodeDecodeError) as exc:
+            if len(raw) > MAX_DOC_BYTES:
+                raise ValueError(f"larger than the limit of {MAX_DOC_BYTES:,} bytes")
+            document = loads_json(raw, "catalog")
+            problem = catalog_problem(document)
+            if problem is not None:
+                raise ValueError(problem)
+        except (ValueError, BadDocumentError) as exc:
             kept = _keep_aside(self.path)
+            reason = str(exc).splitlines()[0].removeprefix("catalog ")
             raise CatalogCorruptError(
-                f"the parts catalog {self.path} is corrupted ({str(exc).splitlines()[0]}); it was kept as {kept.name} "
+                f"the parts catalog {self.path} is corrupted ({reason}); it was kept as {kept.name} "
                 "and a fresh catalog will start next time; part files under parts/ are untouched "
                 "(`garage parts reindex` catalogs them again)"
             ) from exc
@@ -110,6 +119,7 @@ def locked(folder: Path) -> Iterator[None]:
         raise StorageError(f"cannot lock the parts catalog in {folder} ({exc.strerror}); "
                            "set GARAGE_HOME to a writable folder") from exc
     try:
+        sweep_stale_staging(folder)  # part and catalog writes killed earlier: their staging goes now
         yield
     finally:
         lock.release()
@@ -122,3 +132,10 @@ def open_db(folder: Path) -> Iterator[TinyDB]:
         yield db
     finally:
         db.close()
+
+
+def record_doc(record: PartRecord) -> dict[str, Any]:
+    """A part record as stored in the catalog table (its file path is derived, not stored)."""
+    doc = record.to_dict()
+    doc.pop("path", None)
+    return doc

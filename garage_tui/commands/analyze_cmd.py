@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from garage_tui.commands.common import add_model_options, console, open_from_args, print_json
-
-ANALYZERS = ("stats", "attention", "lens", "importance", "similarity", "patching")
+from engine.analyzers.registry import ANALYZERS  # torch-free: names only
+from garage_tui.commands.common import add_model_options, console, open_from_args, print_json, progress_bar
 
 
 def register(subparsers) -> None:
@@ -16,7 +15,8 @@ def register(subparsers) -> None:
     add_model_options(parser)
     parser.add_argument("--prompt", help="prompt to analyze (the clean prompt for patching; "
                                          "importance uses it as its text, default: the bundled sample)")
-    parser.add_argument("--what", required=True, choices=ANALYZERS)
+    parser.add_argument("--what", required=True, metavar="NAME",
+                        help="analyzer: " + ", ".join(ANALYZERS.names(plugins=False)) + " (or one from a plugin)")
     parser.add_argument("--at", action="append", metavar="ADDR",
                         help="stats: capture points (default: every layer's output)")
     parser.add_argument("--bins", type=int, default=64, help="stats: histogram bins (even)")
@@ -45,58 +45,26 @@ def _layers(text: str | None) -> list[int] | None:
         raise GarageError(f"--layers wants comma-separated layer numbers (e.g. 0,5,10), got '{text}'") from None
 
 
-def _require_prompt(args: argparse.Namespace) -> str:
-    from engine.errors import GarageError
-
-    if not args.prompt:
-        raise GarageError(f"--what {args.what} needs --prompt TEXT")
-    return args.prompt
-
-
-def compute(args: argparse.Namespace, loaded: Any) -> Any:
+def compute(args: argparse.Namespace, loaded: Any, progress: Any = None) -> Any:
     """The report object for ``args.what``; raises GarageError on bad input."""
-    from engine.errors import GarageError
+    from engine.analyzers.registry import AnalyzeRequest, analyze
     from garage_tui.commands.run_cmd import parse_interventions
 
-    interventions = parse_interventions(args.ablate, args.scale)
-    if args.what == "stats":
-        from engine.stats import stream_stats
-
-        addresses = args.at or [f"L{i}.out" for i in range(loaded.anatomy.n_layers)]
-        return stream_stats(loaded, _require_prompt(args), addresses, bins=args.bins, interventions=interventions)
-    if args.what == "attention":
-        from engine.analyzers.attention import attention_report
-
-        return attention_report(loaded, _require_prompt(args), interventions)
-    if args.what == "lens":
-        from engine.analyzers.lens import logit_lens
-
-        return logit_lens(loaded, _require_prompt(args), args.top_k, interventions, position=args.position)
-    if args.what == "similarity":
-        from engine.analyzers.similarity import layer_similarity
-
-        return layer_similarity(loaded, _require_prompt(args), interventions)
-    if interventions:
-        raise GarageError(f"--what {args.what} makes its own ablations or patches; drop --ablate/--scale")
-    if args.what == "importance":
-        from engine.analyzers.importance import head_importance
-
-        return head_importance(loaded, args.prompt, args.mode, layers=_layers(args.layers))
-    from engine.analyzers.patching import activation_patching
-
-    if not args.corrupt:
-        raise GarageError("--what patching needs --corrupt TEXT (same token length as --prompt)")
-    head_layers = _layers(args.layers)
-    return activation_patching(loaded, _require_prompt(args), args.corrupt,
-                               heads=True if head_layers is None else head_layers)
+    request = AnalyzeRequest(
+        prompt=args.prompt, interventions=parse_interventions(args.ablate, args.scale), addresses=args.at,
+        bins=args.bins, top_k=args.top_k, position=args.position, corrupt=args.corrupt, mode=args.mode,
+        layers=_layers(args.layers), progress=progress)
+    return analyze(loaded, args.what, request)
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = open_from_args(args)
-    report = compute(args, loaded)
+    with progress_bar(args, f"opening {args.model}") as progress:
+        loaded = open_from_args(args, progress=progress)
+        report = compute(args, loaded, progress)
     if args.json:
-        document = {a: s.to_dict() for a, s in report.items()} if isinstance(report, dict) else report.to_dict()
-        print_json({"model": loaded.name, "what": args.what, "report": document})
+        from engine.serialize import to_json
+
+        print_json({"model": loaded.name, "what": args.what, "report": to_json(report)})
         return 0
     _print_report(console(), args.what, report)
     return 0
@@ -144,7 +112,7 @@ def _print_report(out: Any, what: str, report: Any) -> None:
         for entry in report.heads[:15] + report.blocks[:10]:
             table.add_row(entry.address, f"{entry.delta:+.4f}")
         out.print(table)
-    else:
+    elif what == "patching":
         out.print(f"answer {report.answer!r} vs {report.wrong!r}: logit diff clean {report.clean_diff:.3f}, "
                   f"corrupt {report.corrupt_diff:.3f}")
         layers = ", ".join(report.layers_with_answer()) or "nowhere"
@@ -153,3 +121,7 @@ def _print_report(out: Any, what: str, report: Any) -> None:
         for address, value in report.top_heads(10):
             table.add_row(address, f"{value:.3f}")
         out.print(table)
+    else:  # an analyzer from a plugin: its JSON, as --json would print it
+        from engine.serialize import to_json
+
+        print_json(to_json(report))

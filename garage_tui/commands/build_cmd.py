@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from garage_tui.commands.common import console, print_json
+from garage_tui.commands.common import console, print_json, progress_bar
 
 
 def register(subparsers) -> None:
@@ -31,26 +31,19 @@ def run(args: argparse.Namespace) -> int:
             if report.ok:
                 console().print(f"dry run: nothing written (would build {args.out})")
         return 0 if report.ok else 2
+    with progress_bar(args, "validating") as progress:
+        result = build(recipe, args.out, progress=progress, overwrite=args.force)
     if args.json:
-        result = build(recipe, args.out, overwrite=args.force)
         print_json(result.to_dict())
         return 0
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console(),
-                  transient=True) as bar:
-        task = bar.add_task("validating", total=1.0)
-
-        def progress(stage: str, fraction: float | None) -> None:
-            bar.update(task, description=stage[:60], completed=fraction or 0.0)
-
-        result = build(recipe, args.out, progress=progress, overwrite=args.force)
     from rich.markup import escape
 
     out = console()
     for warning in result.report.warnings:
         out.print(f"[yellow]warning[/] {escape(warning.where)}: {escape(warning.message)}", highlight=False)
-    out.print(f"[green]built[/] {result.out_dir}: {len(recipe.layers)} layers, {result.report.plan.param_count:,} "
+    plan = result.report.plan  # a build that returned was planned; None only on refused recipes
+    params = f"{plan.param_count:,}" if plan is not None else "?"
+    out.print(f"[green]built[/] {result.out_dir}: {len(recipe.layers)} layers, {params} "
               f"parameters, {result.tensors} tensors in {len(result.shards)} shard(s), {result.seconds:.1f}s "
               "(provenance.json and recipe.yaml inside)", highlight=False)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from garage_tui.commands.common import console, print_json
+from garage_tui.commands.common import console, print_json, progress_bar
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.build.evaluate import recorded_sources
 
     sources = [] if args.no_sources else (args.source or recorded_sources(args.model))
-    report = evaluate(args.model, sources)
+    with progress_bar(args, "evaluating") as progress:
+        report = evaluate(args.model, sources, progress=progress)
     if args.json:
         print_json(report.to_dict())
         return 0

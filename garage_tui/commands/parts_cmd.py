@@ -81,8 +81,13 @@ def _table(records, title: str) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    records = _bin().list(source=args.source, kind=args.kind, family=args.family, tag=args.tag, text=args.text,
-                          shape=args.shape)
+    import sys
+
+    bin_ = _bin()
+    records = bin_.list(source=args.source, kind=args.kind, family=args.family, tag=args.tag, text=args.text,
+                        shape=args.shape, keep_going=True)
+    for note in bin_.notes:  # a corrupted catalog: kept aside, listed as empty, said once
+        sys.stderr.write(f"garage: note: {note}\n")
     if args.json:
         print_json([record.to_dict() for record in records])
     else:
@@ -146,7 +151,8 @@ def run_rm(args: argparse.Namespace) -> int:
     bin_ = _bin()
     names = list(dict.fromkeys(args.names))  # a repeated name is removed once
     for name in names:
-        bin_.get(name)  # every name must exist before anything is removed
+        record = bin_.get(name)  # every name must exist (and stay inside parts/) before anything is removed
+        bin_.file_path(record.file, name)
     removed = [bin_.remove(name) for name in names]
     if args.json:
         print_json([record.name for record in removed])
@@ -169,9 +175,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_fits(args: argparse.Namespace) -> int:
-    from engine.loading import open_model
+    from garage_tui.commands.common import open_from_args
 
-    loaded = open_model(args.model, structure_only=True)
+    loaded = open_from_args(args, structure_only=True)
     records = _bin().fits(loaded, args.address)
     if args.json:
         print_json({"model": loaded.name, "slot": args.address, "parts": [r.to_dict() for r in records]})
@@ -181,7 +187,12 @@ def run_fits(args: argparse.Namespace) -> int:
 
 
 def run_reindex(args: argparse.Namespace) -> int:
-    records = _bin().reindex()
+    import sys
+
+    bin_ = _bin()
+    records = bin_.reindex()
+    for note in bin_.notes:  # files left alone (foreign or damaged), a catalog kept aside
+        sys.stderr.write(f"garage: note: {note}\n")
     if args.json:
         print_json([record.to_dict() for record in records])
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from garage_tui.commands.common import add_model_options, console, open_from_args, print_json
+from garage_tui.commands.common import add_model_options, console, open_from_args, print_json, progress_bar
 
 
 def register(subparsers) -> None:
@@ -30,14 +30,16 @@ def run(args: argparse.Namespace) -> int:
     from garage_tui.commands.run_cmd import parse_interventions
 
     interventions = parse_interventions(args.ablate, args.scale)
-    loaded = open_from_args(args)
     addresses = None if args.all else args.at
-    if args.generate is not None:
-        from engine.motion import take_motion_snapshot
+    with progress_bar(args, f"opening {args.model}") as progress:
+        loaded = open_from_args(args, progress=progress)
+        if args.generate is not None:
+            from engine.motion import take_motion_snapshot
 
-        snapshot = take_motion_snapshot(loaded, args.prompt, addresses, interventions, max_new_tokens=args.generate)
-    else:
-        snapshot = take_snapshot(loaded, args.prompt, addresses, interventions)
+            snapshot = take_motion_snapshot(loaded, args.prompt, addresses, interventions,
+                                            max_new_tokens=args.generate, progress=progress)
+        else:
+            snapshot = take_snapshot(loaded, args.prompt, addresses, interventions)
     save_snapshot(args.out, snapshot)
     if args.json:
         print_json({"out": args.out, **snapshot.to_dict()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -23,7 +24,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.question)
+            yield Static(Text(self.question))  # paths and part names are never markup
             yield Static("[b]y[/] yes · [b]n[/] no", classes="dialog-keys")
 
     def action_answer(self, answer: bool) -> None:
@@ -43,7 +44,7 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.question)
+            yield Static(Text(self.question))  # paths and part names are never markup
             yield Input(self.value, placeholder=self.placeholder, id="ask-input")
 
     def on_mount(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -44,7 +45,7 @@ class SteerScreen(ModalScreen[SteerRequest | None]):
     def compose(self) -> ComposeResult:
         previous = self.previous
         with Vertical(classes="dialog"):
-            yield Static(f"Steer {self.address}: add strength × (positive − negative) mean residual")
+            yield Static(Text(f"Steer {self.address}: add strength × (positive − negative) mean residual"))
             yield Static("toward (| separates prompts)", classes="dialog-keys")
             yield Input(" | ".join(previous.positive), id="steer-positive")
             yield Static("away from", classes="dialog-keys")
@@ -81,7 +82,7 @@ class SteerScreen(ModalScreen[SteerRequest | None]):
         else:
             self.dismiss(SteerRequest(positive, negative, strength))
             return
-        self.query_one("#steer-problem", Static).update(f"[b]{problem}[/]")
+        self.query_one("#steer-problem", Static).update(Text(problem, style="bold"))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -1,4 +1,5 @@
-"""Pane 1, the engine bay: the part tree beside the selected part's detail and the run's norms."""
+"""Pane 1, the engine bay: the part tree beside the next-token guesses, the selected part's
+detail and the run's residual norms."""
 
 from __future__ import annotations
 
@@ -10,15 +11,36 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
 
+from garage_tui.controller import RunReport, Workbench
 from garage_tui.render import human_count
 from garage_tui.widgets.part_tree import PartTree
 
-# Parts an intervention can act on (mirrors engine.interventions.EDITABLE_KINDS without torch).
-ABLATABLE = ("head", "attn", "mlp", "layer")
-SCALABLE = ("head", "attn", "mlp", "layer", "norm", "final_norm", "embed", "lm_head", "proj")
+
+def _prob(value: float | None) -> str:
+    return "  —  " if value is None else f"{value:.3f}"
 
 
-def detail_text(part: Any, interventions: list[dict[str, Any]], report: dict[str, Any] | None) -> Text:
+def guesses_text(report: RunReport | None) -> Text:
+    """The next-token guesses; with edits, every token in either top list with both probabilities."""
+    text = Text()
+    if report is None or not report.guesses:
+        return text
+    text.append("next token for “")
+    text.append(report.prompt)
+    text.append("”\n", style="")
+    text.stylize("bold", 0, len(text))
+    edited = bool(report.interventions)
+    if edited:
+        text.append(f"  {'token':<14} {'now':>5}  {'before':>6}\n", style="dim")
+    for guess in report.guesses:
+        text.append(f"  {guess.token!r:<14} {_prob(guess.prob)}")
+        if edited:
+            text.append(f"  {_prob(guess.before):>6}")
+        text.append("\n")
+    return text
+
+
+def detail_text(part: Any, interventions: list[dict[str, Any]]) -> Text:
     """The detail pane's text for ``part``: what it is, where it lives, what is done to it."""
     text = Text()
     text.append(f"{part.address}", style="bold")
@@ -48,12 +70,6 @@ def detail_text(part: Any, interventions: list[dict[str, Any]], report: dict[str
     here = [item for item in interventions if item["address"] == part.address]
     if here:
         text.append("active  " + ", ".join(item["describe"] for item in here) + "\n", style="bold")
-    if report and report.get("top"):
-        text.append(f"\nnext token for “{report.get('prompt', '')}”\n", style="bold")
-        baseline = {row[0]: row[1] for row in report.get("baseline_top") or []}
-        for token, prob in report["top"]:
-            before = f"  (before {baseline[token]:.3f})" if token in baseline and report.get("baseline_top") else ""
-            text.append(f"  {token!r:<14} {prob:.3f}{before}\n")
     return text
 
 
@@ -70,10 +86,15 @@ class BayPane(Vertical):
         Binding("slash", "app.goto_part", "Go to", id="bay.goto"),
     ]
 
+    def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.workbench = workbench
+
     def compose(self) -> ComposeResult:
         with Horizontal():
             yield PartTree(id="part-tree")
             with Vertical(id="bay-side"):
+                yield Static("", id="guesses")
                 with VerticalScroll(id="detail-scroll"):
                     yield Static("Opening the model…", id="part-detail")
                 yield Static("residual norm per layer (last run)", id="norms-caption")
@@ -81,3 +102,34 @@ class BayPane(Vertical):
 
     def focus_main(self) -> None:
         self.screen.set_focus(self.query_one(PartTree))
+
+    def redraw(self, rebuild: bool = False) -> None:
+        """Tree labels (marks, norm glyphs), guesses, the selected part's detail, the norms line."""
+        workbench = self.workbench
+        loaded = workbench.loaded
+        if loaded is None:
+            return
+        tree = self.query_one(PartTree)
+        report = workbench.last_report
+        norms = report.norms if report else None
+        if rebuild or tree.anatomy is not loaded.anatomy:
+            title = f"{loaded.name} · {loaded.anatomy.root.info.get('family') or 'generic'}"
+            tree.show_anatomy(title, loaded.anatomy, workbench.marks(), norms)
+        else:
+            tree.relabel(workbench.marks(), norms)
+        guesses = self.query_one("#guesses", Static)
+        guesses.update(guesses_text(report))
+        guesses.display = bool(report and report.guesses)
+        part = workbench.selected_part or loaded.anatomy.root
+        self.query_one("#part-detail", Static).update(detail_text(part, workbench.intervention_rows()))
+        self.query_one("#norms", Sparkline).data = list(norms or [])
+
+    def copy_text(self) -> tuple[str, str] | None:
+        """The selected part's detail and the guesses, as the bay shows them."""
+        loaded = self.workbench.loaded
+        if loaded is None:
+            return None
+        part = self.workbench.selected_part or loaded.anatomy.root
+        text = detail_text(part, self.workbench.intervention_rows()).plain
+        guesses = guesses_text(self.workbench.last_report).plain
+        return part.address, text + ("\n" + guesses if guesses else "")

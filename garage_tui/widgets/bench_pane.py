@@ -2,36 +2,34 @@
 with progress, and read the evaluation next to the sources'.
 
 The recipe is a plain document (the same YAML/JSON ``garage build`` reads); every change
-re-runs ``engine.build.validate_recipe`` in a worker (configs and headers only, no weights).
+posts a check request (configs and headers only, no weights); building posts a build
+request. The app runs both through the workbench controller and hands the reports back.
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from textual import on, work
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Static
-from textual.worker import get_current_worker
+from textual.widgets import Static
 
-from engine.storage import atomic_write_text, garage_home
-from garage_tui.messages import (
-    BuildFinished,
-    JobFailed,
-    JobProgressed,
-    RecipeChecked,
-    error_line,
-    job_stopped,
-)
+from garage_tui.controller import BuildReport, RecipeCheck, Workbench
+from garage_tui.messages import BuildRequested, FitsRequested, RecipeCheckRequested
+from garage_tui.recipe_steps import attach_head, readable_path, step_name, step_of_layer, step_text, take_range
 from garage_tui.screens.ask import AskScreen
-from garage_tui.widgets.base import garage_app
+from garage_tui.shipped import shipped_folder
+from garage_tui.widgets.lists import KeyTable
 
-RECIPES = Path(__file__).resolve().parent.parent.parent / "recipes"
+RECIPES = shipped_folder("recipes")  # the checkout's recipes/, or the wheel's copy
 NO_RECIPE = "No recipe: n starts one from the open model, o opens a recipe file."
+CONTINUATION_WIDTH = 30
 
 
 def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
@@ -40,11 +38,6 @@ def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
     return {"recipe_version": 1, "name": f"{name}-hybrid", "sources": {alias: spec},
             "embed": alias, "final_norm": alias, "lm_head": alias,
             "layers": [{"take": f"{alias}.L0-{n_layers - 1}"}]}
-
-
-def step_text(step: dict[str, Any]) -> str:
-    """One plan row as a person reads it."""
-    return yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=400).strip().strip("{}")
 
 
 class BenchPane(Vertical):
@@ -64,56 +57,59 @@ class BenchPane(Vertical):
         Binding("B", "build", "Build", id="bench.build"),
     ]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.workbench = workbench
         self.recipe: dict[str, Any] | None = None
-        self.validation: dict[str, Any] | None = None
+        self.validation: RecipeCheck | None = None
         self.evaluation: dict[str, Any] | None = None
+        self._pending_slot: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(NO_RECIPE, id="bench-status")
         with Horizontal(id="bench-body"):
-            yield DataTable(id="bench-steps", cursor_type="row", zebra_stripes=True)
+            yield KeyTable(id="bench-steps", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="bench-side"):
                 yield Static("", id="bench-validation")
-                yield DataTable(id="bench-eval", cursor_type="row", show_cursor=False)
+                yield KeyTable(id="bench-eval", cursor_type="row", show_cursor=False)
 
     def on_mount(self) -> None:
-        self.query_one("#bench-steps", DataTable).add_columns("#", "step")
+        self.query_one("#bench-steps", KeyTable).add_columns("#", "step")
 
     def focus_main(self) -> None:
-        self.screen.set_focus(self.query_one("#bench-steps", DataTable))
+        self.screen.set_focus(self.query_one("#bench-steps", KeyTable))
+
+    def copy_text(self) -> tuple[str, str] | None:
+        if self.recipe is None:
+            return None
+        return f"recipe {self.recipe.get('name', '?')}", yaml.safe_dump(self.recipe, sort_keys=False)
 
     # ---- recipe document ----------------------------------------------------------------
-    def recipe_document(self) -> dict[str, Any] | None:
-        return self.recipe
-
-    def restore_recipe(self, recipe: dict[str, Any] | None) -> None:
-        self.set_recipe(recipe)
-
     def set_recipe(self, recipe: dict[str, Any] | None, cursor: int | None = None) -> None:
-        """Show ``recipe`` and validate it in the background."""
+        """Show ``recipe`` and ask for it to be validated."""
         self.recipe = recipe
-        table = self.query_one("#bench-steps", DataTable)
+        table = self.query_one("#bench-steps", KeyTable)
         table.clear()
+        status = self.query_one("#bench-status", Static)
         if recipe is None:
             self.validation = None
-            self.query_one("#bench-status", Static).update(NO_RECIPE)
+            status.update(NO_RECIPE)
             self.query_one("#bench-validation", Static).update("")
-            garage_app(self).refresh_bindings()
+            self.refresh_bindings()
             return
-        table.add_row("src", ", ".join(f"{k}={v}" for k, v in (recipe.get("sources") or {}).items()))
+        sources = ", ".join(f"{k}={v}" for k, v in (recipe.get("sources") or {}).items())
+        table.add_row("sources", Text(sources))
         for index, step in enumerate(recipe.get("layers") or []):
-            table.add_row(str(index), step_text(step))
+            table.add_row(step_name(index), Text(step_text(step)))
         if cursor is not None:
             table.move_cursor(row=cursor + 1)
-        self.query_one("#bench-status", Static).update(f"recipe {recipe.get('name', '?')} · validating…")
-        self._validate(recipe)
-        garage_app(self).refresh_bindings()
+        status.update(Text(f"recipe {recipe.get('name', '?')} · validating…"))
+        self.post_message(RecipeCheckRequested(recipe))
+        self.refresh_bindings()
 
     def selected_step(self) -> int | None:
         """Index into ``layers`` of the highlighted row (row 0 is the sources line)."""
-        table = self.query_one("#bench-steps", DataTable)
+        table = self.query_one("#bench-steps", KeyTable)
         if self.recipe is None or table.cursor_row is None or table.cursor_row < 1:
             return None
         index = table.cursor_row - 1
@@ -126,68 +122,32 @@ class BenchPane(Vertical):
             raise RuntimeError("no recipe on the bench")
         return self.recipe
 
-    def _edit_layers(self, change: Any, cursor: int | None = None) -> None:
+    def _edit_layers(self, change: Callable[[list[Any]], Any], cursor: int | None = None) -> None:
         layers = list(self.document.get("layers") or [])
         change(layers)
         self.set_recipe({**self.document, "layers": layers}, cursor)
 
-    # ---- workers --------------------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="bench-validate")
-    def _validate(self, recipe: dict[str, Any]) -> None:
-        try:
-            from engine.build import load_recipe, validate_recipe
-
-            report = validate_recipe(load_recipe(recipe)).to_dict()
-        except Exception as exc:  # noqa: BLE001
-            report = {"ok": False, "problems": [{"where": "recipe", "message": error_line(exc)}], "warnings": []}
-        self.post_message(RecipeChecked([_problem(p) for p in report["problems"]],
-                                        [_problem(w) for w in report["warnings"]], report))
-
-    @work(thread=True, exclusive=True, group="bench")
-    def _build_and_evaluate(self, recipe: dict[str, Any], out_dir: str) -> None:
-        worker = get_current_worker()
-
-        def progress(stage: str, fraction: float | None) -> None:
-            self.post_message(JobProgressed("build", stage, fraction))
-
-        try:
-            from engine.build import build, evaluate, load_recipe
-
-            result = build(load_recipe(recipe), out_dir, progress, worker.cancelled_event)
-            # sources already open in the garage are scored as they are, not reopened
-            from engine.sessions import _spec_of
-
-            open_models = {_spec_of(m): m for m in garage_app(self).garage.models.values()}
-            specs = list(dict.fromkeys((recipe.get("sources") or {}).values()))
-            sources = [open_models.get(spec, spec) for spec in specs]
-            evaluation = evaluate(str(result.out_dir), sources, progress, worker.cancelled_event)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(job_stopped("build", worker, exc))
-            return
-        self.post_message(BuildFinished({"out_dir": out_dir, "evaluation": evaluation.to_dict()}))
-
     # ---- drawing ----------------------------------------------------------------------------
-    @on(RecipeChecked)
-    def _on_checked(self, message: RecipeChecked) -> None:
-        if self.recipe is None:
-            return  # the recipe was taken off the bench while it was being checked
-        self.validation = message.report
+    def show_check(self, recipe: dict[str, Any], check: RecipeCheck) -> None:
+        """The validator's verdict, if it is about the recipe on the bench now."""
+        if self.recipe is None or recipe is not self.recipe:
+            return  # the recipe changed (or left the bench) while it was being checked
+        self.validation = check
         name = self.recipe.get("name", "?")
-        if message.report.get("ok"):
-            summary = (f"recipe {name} · valid · {message.report.get('layers')} layers · "
-                       f"{message.report.get('parameters', 0):,} params")
+        if check.ok:
+            summary = f"recipe {name} · valid · {check.layers} layers · {check.parameters:,} params"
         else:
-            summary = f"recipe {name} · {len(message.problems)} problem(s): fix them before building"
-        self.query_one("#bench-status", Static).update(summary)
-        lines = [f"✗ {p}" for p in message.problems] + [f"! {w}" for w in message.warnings]
-        self.query_one("#bench-validation", Static).update("\n".join(lines) or "✓ no problems")
-        garage_app(self).refresh_bindings()
+            summary = f"recipe {name} · {len(check.problems)} problem(s): fix them before building"
+        self.query_one("#bench-status", Static).update(Text(summary))
+        lines = [f"✗ {readable_path(p)}" for p in check.problems] + [f"! {readable_path(w)}" for w in check.warnings]
+        self.query_one("#bench-validation", Static).update(Text("\n".join(lines) or "✓ no problems"))
+        self.refresh_bindings()
 
-    @on(BuildFinished)
-    def _on_built(self, message: BuildFinished) -> None:
-        self.evaluation = message.report["evaluation"]
+    def show_build(self, report: BuildReport) -> None:
+        """The evaluation beside the sources'; continuations in full, wrapped."""
+        self.evaluation = report.evaluation
         models = self.evaluation["models"]
-        table = self.query_one("#bench-eval", DataTable)
+        table = self.query_one("#bench-eval", KeyTable)
         table.clear(columns=True)
         table.add_columns("", *[f"{m['name']} ({m['role']})" for m in models])
         table.add_row("perplexity", *[f"{m['perplexity']:.3f}" for m in models])
@@ -195,42 +155,40 @@ class BenchPane(Vertical):
         table.add_row("top-1 agree", *[", ".join(f"{v:.3f}" for v in m["top1_agreement"].values() if v is not None)
                                         for m in models])
         for index, item in enumerate(models[0]["continuations"]):
-            table.add_row(f"“{item['prompt'][:14]}”", *[m["continuations"][index]["continuation"][:24] for m in models])
-        garage_app(self).post_message(JobProgressed("build", "done", 1.0))
-        garage_app(self).end_job(f"built {message.report['out_dir']}")
-        garage_app(self).notify(f"built and evaluated {message.report['out_dir']}")
+            cells = [textwrap.fill(m["continuations"][index]["continuation"], CONTINUATION_WIDTH) for m in models]
+            prompt = textwrap.fill(f"“{item['prompt']}”", 16)
+            table.add_row(Text(prompt), *[Text(cell) for cell in cells], height=None)
 
     # ---- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        workbench = self.workbench
         if action == "new_recipe":
-            return garage_app(self).loaded is not None
+            return workbench.loaded is not None
         if action in ("add_take", "add_blend", "write_recipe"):
             return self.recipe is not None
         if action in ("edit_step", "delete_step", "move_step"):
             return self.selected_step() is not None
         if action == "pick_part":
-            app = garage_app(self)
-            return self.selected_step() is not None and app.parts_bin is not None and app.loaded is not None
+            return self.recipe is not None and workbench.has_parts_bin and workbench.loaded is not None
         if action == "build":
             # an invalid recipe may still be sent: the engine refuses it with every problem listed
-            return self.recipe is not None and garage_app(self).job is None
+            return self.recipe is not None and workbench.job is None
         return True
 
-    def _ask(self, question: str, value: str, done: Any) -> None:
+    def _ask(self, question: str, value: str, done: Callable[[str], Any]) -> None:
         def answered(answer: str | None) -> None:
             if answer:
                 try:
                     done(answer.strip())
                 except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-                    garage_app(self).notify(f"not understood: {exc}", severity="error")
+                    self.app.notify(f"not understood: {exc}", severity="error")
 
-        garage_app(self).push_screen(AskScreen(question, value), answered)
+        self.app.push_screen(AskScreen(question, value), answered)
 
     def action_new_recipe(self) -> None:
-        from engine.sessions import _spec_of
-
-        loaded = garage_app(self).loaded
-        self.set_recipe(identity_recipe(loaded.name, _spec_of(loaded), loaded.anatomy.n_layers), cursor=0)
+        workbench = self.workbench
+        loaded = workbench.loaded
+        self.set_recipe(identity_recipe(loaded.name, workbench.spec_of_active(), loaded.anatomy.n_layers), cursor=0)
 
     def action_open_recipe(self) -> None:
         def load(answer: str) -> None:
@@ -238,13 +196,13 @@ class BenchPane(Vertical):
             try:
                 document = yaml.safe_load(path.read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError) as exc:
-                garage_app(self).notify(f"cannot read recipe {path}: {exc}", severity="error")
+                self.app.notify(f"cannot read recipe {path}: {exc}", severity="error")
                 return
             from engine.sessions import recipe_shape_problem
 
             problem = recipe_shape_problem(document)
             if problem is not None:
-                garage_app(self).notify(f"{path} is not a recipe: {problem}", severity="error")
+                self.app.notify(f"{path} is not a recipe: {problem}", severity="error")
                 return
             self.set_recipe(document, cursor=0)
 
@@ -297,43 +255,35 @@ class BenchPane(Vertical):
                   current, edit)
 
     def action_pick_part(self) -> None:
-        index = self.selected_step()
-        if index is None:
-            return
-
+        """``p``: fill a head of the hybrid (its own layer numbering) with a part from the bin."""
         def chosen(slot: str) -> None:
-            self._find_fits(slot, index)
+            layer, head = _slot(slot)
+            found = step_of_layer(list(self.document.get("layers") or []), layer)
+            if found is None:
+                raise ValueError(f"the hybrid has no layer L{layer}")
+            # the part must fit the source layer this hybrid layer comes from
+            source = _source_layer(self.document["layers"][found[0]], found[1])
+            self.post_message(FitsRequested(f"L{layer if source is None else source}.attn.h{head}", layer))
+            self._pending_slot = (layer, head)
 
-        self._ask("Fill which head with a part from the bin? (e.g. L10.attn.h3)", "L10.attn.h3", chosen)
+        self._ask("Fill which head of the hybrid with a part from the bin? (e.g. L10.attn.h3)", "L10.attn.h3", chosen)
 
-    @work(thread=True, exclusive=True, group="bench-fits")
-    def _find_fits(self, slot: str, index: int) -> None:
-        try:
-            from garage_tui.widgets.parts_pane import PartsPane
-
-            parts = garage_app(self).query_one(PartsPane).parts_bin().fits(garage_app(self).loaded, slot)
-            names = [record.name for record in parts]
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(JobFailed("parts bin", error_line(exc)))
-            return
-        garage_app(self).call_from_thread(self._offer_parts, slot, index, names)
-
-    def _offer_parts(self, slot: str, index: int, names: list[str]) -> None:
+    def offer_parts(self, slot: str, layer: int, names: list[str]) -> None:
+        """The parts that fit (from the app's worker): ask which one fills the head."""
         if not names:
-            garage_app(self).notify(f"no part in the bin fits {slot}; extract one with x in the bay",
-                                    severity="warning")
+            self.app.notify(f"no part in the bin fits {slot}; extract one with x in the bay", severity="warning")
             return
-        head = int(slot.rsplit(".h", 1)[1]) if ".h" in slot else 0
+        pending = self._pending_slot
+        head = pending[1] if pending and pending[0] == layer else int(slot.rsplit(".h", 1)[1])
+        loaded = self.workbench.loaded
+        attn = loaded.anatomy.by_address.get("L0.attn") if loaded is not None else None
+        gqa = bool(attn is not None and (attn.info or {}).get("gqa"))
 
         def use(name: str) -> None:
-            def change(layers: list[dict[str, Any]]) -> None:
-                step = dict(layers[index])
-                step["heads"] = [*step.get("heads", []), {"head": head, "part": name}]
-                layers[index] = step
+            layers, index = attach_head(list(self.document.get("layers") or []), layer, head, name, gqa)
+            self.set_recipe({**self.document, "layers": layers}, index)
 
-            self._edit_layers(change, index)
-
-        self._ask(f"Parts that fit {slot}: {', '.join(names)}. Use:", names[0], use)
+        self._ask(f"Parts that fit hybrid L{layer}.attn.h{head}: {', '.join(names)}. Use:", names[0], use)
 
     def action_delete_step(self) -> None:
         index = self.selected_step()
@@ -349,35 +299,44 @@ class BenchPane(Vertical):
         if not 0 <= target < len(self.document["layers"]):
             return
 
-        def move(layers: list[dict[str, Any]]) -> None:
+        def move(layers: list[Any]) -> None:
             layers[index], layers[target] = layers[target], layers[index]
 
         self._edit_layers(move, target)
 
     def action_write_recipe(self) -> None:
+        from engine.storage import atomic_write_text, garage_home
+
         name = self.document.get("name", "recipe")
 
         def write(answer: str) -> None:
             path = Path(answer).expanduser()
             try:
                 atomic_write_text(path, yaml.safe_dump(self.recipe, sort_keys=False))
-            except Exception as exc:  # noqa: BLE001
-                garage_app(self).notify(error_line(exc), severity="error")
+            except OSError as exc:
+                self.app.notify(f"cannot write {path}: {exc}", severity="error")
                 return
-            garage_app(self).notify(f"recipe written to {path}")
+            self.app.notify(f"recipe written to {path}")
 
         self._ask("Write recipe to:", str(garage_home() / "recipes" / f"{name}.yaml"), write)
 
     def action_build(self) -> None:
+        from engine.storage import garage_home
+
         name = self.document.get("name", "hybrid")
-
-        def start(answer: str) -> None:
-            garage_app(self).begin_job("build", f"building {name}…")
-            self._build_and_evaluate(dict(self.document), answer)
-
-        self._ask("Build into folder (then evaluate against the sources):", str(garage_home() / "builds" / name), start)
+        self._ask("Build into folder (then evaluate against the sources):", str(garage_home() / "builds" / name),
+                  lambda answer: self.post_message(BuildRequested(dict(self.document), answer)))
 
 
-def _problem(item: dict[str, Any]) -> str:
-    line = f" (line {item['line']})" if item.get("line") else ""
-    return f"{item.get('where', '')}{line}: {item.get('message', '')}"
+def _slot(text: str) -> tuple[int, int]:
+    """``L10.attn.h3`` (or ``L10.h3``) → ``(10, 3)``."""
+    parts = text.strip().split(".")
+    if len(parts) < 2 or not parts[0].startswith("L") or not parts[-1].startswith("h"):
+        raise ValueError(f"name a head as Lk.attn.hN, e.g. L10.attn.h3, not {text!r}")
+    return int(parts[0][1:]), int(parts[-1][1:])
+
+
+def _source_layer(step: Any, offset: int) -> int | None:
+    """The source model's layer number that step ``step`` makes at ``offset`` (takes only)."""
+    taken = take_range(step)
+    return None if taken is None else taken[1] + offset

@@ -38,6 +38,8 @@ def part_label(part: Any, marks: list[str], glyph: str = "") -> Text:
         label.append(f" {info.get('heads')}h/{info.get('kv_heads')}kv", style="italic")
     elif part.kind == "head":
         label.append(f" kv{info.get('kv_group')}", style="dim")
+    elif part.kind == "layer" and info.get("attention") == "sliding":
+        label.append(f" sliding {info.get('window')}", style="italic")
     elif part.kind not in ("layer", "proj") and short_name(part.address) != part.kind:
         label.append(f" {part.kind}", style="italic")
     if part.params:

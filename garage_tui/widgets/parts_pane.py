@@ -1,23 +1,28 @@
 """Pane 3, the parts bin: a table over the catalog with filter, tag, note, remove, verify.
 
-Catalog calls (file I/O under a lock) run in a thread worker; the table only draws rows.
+Catalog calls (file I/O under a lock) run in the app's workers on request; the table only
+draws rows. The filter narrows the rows already read, on every key, across every column.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from textual import on, work
+from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Input, Static
-from textual.worker import get_current_worker
+from textual.widgets import Input, Static
 
-from garage_tui.messages import JobFailed, PartsChanged, error_line
+from garage_tui.controller import Workbench
+from garage_tui.messages import PartsRequested
 from garage_tui.render import human_count
 from garage_tui.screens.ask import AskScreen, ConfirmScreen
-from garage_tui.widgets.base import garage_app
+from garage_tui.widgets.lists import KeyTable
+
+EMPTY = "The bin is empty: select a part in the bay (1) and press x to extract it."
 
 
 def part_row(record: dict[str, Any]) -> tuple[str, ...]:
@@ -25,6 +30,12 @@ def part_row(record: dict[str, Any]) -> tuple[str, ...]:
     return (record["name"], record["kind"], record["address"], str(source.get("name") or ""),
             human_count(int(record.get("params") or 0)), str(record.get("dtype") or ""),
             ",".join(record.get("tags") or []), (record.get("notes") or "")[:30])
+
+
+def matches(record: dict[str, Any], text: str) -> bool:
+    """True when every word of ``text`` appears in some column of the record (notes in full)."""
+    haystack = " ".join([*part_row(record), record.get("notes") or "", str(record.get("family") or "")]).lower()
+    return all(word in haystack for word in text.lower().split())
 
 
 class FilterInput(Input):
@@ -51,108 +62,77 @@ class PartsPane(Vertical):
         Binding("ctrl+r", "reload", "Reload", show=False, id="parts.reload"),
     ]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.workbench = workbench
+        self.records: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
         self.filter_text = ""
-        self._bin: Any = None
+        self._asked = False
 
     def compose(self) -> ComposeResult:
-        yield FilterInput(placeholder="filter: name, address or note (Enter applies, Esc clears)", id="parts-filter")
-        yield DataTable(id="parts-table", cursor_type="row", zebra_stripes=True)
-        yield Static("The bin is empty: select a part in the bay (1) and press x to extract it.", id="parts-detail")
+        yield FilterInput(placeholder="filter: any column, as you type (Esc clears)", id="parts-filter")
+        yield KeyTable(id="parts-table", cursor_type="row", zebra_stripes=True)
+        yield Static(EMPTY, id="parts-detail")
 
     def on_mount(self) -> None:
         self.query_one("#parts-filter").display = False
-        self.query_one(DataTable).add_columns("name", "kind", "address", "source", "params", "dtype", "tags", "notes")
+        self.query_one(KeyTable).add_columns("name", "kind", "address", "source", "params", "dtype", "tags", "notes")
 
     def focus_main(self) -> None:
-        self.screen.set_focus(self.query_one(DataTable))
-        if not self.rows:
+        self.screen.set_focus(self.query_one(KeyTable))
+        if not self._asked:
             self.reload()
 
-    # ---- engine access (worker threads only) -----------------------------------------------
-    def parts_bin(self) -> Any:
-        """The app's parts bin; the factory may hand a zero-argument maker to keep torch lazy."""
-        if self._bin is None:
-            source = garage_app(self).parts_bin
-            self._bin = source() if callable(source) and not hasattr(source, "list") else source
-        return self._bin
-
-    def _rows(self) -> list[dict[str, Any]]:
-        return [record.to_dict() for record in self.parts_bin().list(text=self.filter_text or None)]
-
-    @work(thread=True, exclusive=True, group="parts")
-    def reload(self, note: str = "") -> None:
-        try:
-            self.post_message(PartsChanged(note, self._rows()))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(JobFailed("parts bin", error_line(exc)))
-
-    @work(thread=True, exclusive=True, group="parts")
-    def _change(self, verb: str, name: str, value: str = "") -> None:
-        try:
-            bin_ = self.parts_bin()
-            if verb == "tag":
-                bin_.tag(name, value)
-                note = f"tagged {name} with {value}"
-            elif verb == "note":
-                bin_.note(name, value)
-                note = f"noted {name}"
-            elif verb == "remove":
-                bin_.remove(name)
-                note = f"removed {name} (file deleted)"
-            else:
-                results = bin_.verify(name)
-                note = "; ".join(f"{r.name}: {r.status}" for r in results)
-            self.post_message(PartsChanged(note, self._rows()))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(JobFailed("parts bin", error_line(exc)))
-
-    @work(thread=True, exclusive=True, group="parts")
-    def extract(self, loaded: Any, address: str) -> None:
-        """Extract ``address`` of the open model into the bin (the bay's x key)."""
-        worker = get_current_worker()
-        try:
-            record = self.parts_bin().add_from_model(loaded, address)
-            if not worker.is_cancelled:
-                self.post_message(PartsChanged(f"extracted {address} as {record.name}", self._rows()))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(JobFailed("extract", error_line(exc)))
+    def reload(self) -> None:
+        self._asked = True
+        self.post_message(PartsRequested("reload"))
 
     # ---- drawing ---------------------------------------------------------------------------
-    @on(PartsChanged)
-    def _on_parts_changed(self, message: PartsChanged) -> None:
-        self.rows = message.rows
-        table = self.query_one(DataTable)
+    def show_rows(self, records: list[dict[str, Any]]) -> None:
+        """The catalog as read by the worker; the filter decides which rows show."""
+        self.records = records
+        self._draw()
+
+    def _draw(self) -> None:
+        table = self.query_one(KeyTable)
+        keep = table.highlighted_key()
+        self.rows = [r for r in self.records if matches(r, self.filter_text)]
         table.clear()
         for record in self.rows:
-            table.add_row(*part_row(record), key=record["name"])
-        if message.note:
-            garage_app(self).notify(message.note)
+            table.add_row(*[Text(cell) for cell in part_row(record)], key=record["name"])
+        names = [r["name"] for r in self.rows]
+        if keep in names:
+            table.move_cursor(row=names.index(keep))
         self._show_detail()
-        garage_app(self).refresh_bindings()
+        self.refresh_bindings()
 
-    @on(DataTable.RowHighlighted, "#parts-table")
-    def _on_row(self, event: DataTable.RowHighlighted) -> None:
+    @on(KeyTable.RowHighlighted, "#parts-table")
+    def _on_row(self, event: KeyTable.RowHighlighted) -> None:
         self._show_detail()
+        self.refresh_bindings()
 
     def _show_detail(self) -> None:
         record = self.current()
         detail = self.query_one("#parts-detail", Static)
         if record is None:
-            detail.update("The bin is empty: select a part in the bay (1) and press x to extract it."
-                          if not self.filter_text else f"No part matches “{self.filter_text}”.")
+            detail.update(Text(EMPTY if not self.filter_text else f"No part matches “{self.filter_text}”."))
             return
         shapes = ", ".join(f"{t['name']} {'×'.join(map(str, t['shape']))}" for t in record["tensors"][:3])
-        detail.update(f"{record['name']}: {record['kind']} {record['address']} from {record['source'].get('name')} "
-                      f"({record.get('family')}) · sha256 {record['sha256'][:12]} · {shapes}")
+        detail.update(Text(f"{record['name']}: {record['kind']} {record['address']} from "
+                           f"{record['source'].get('name')} ({record.get('family')}) · "
+                           f"sha256 {record['sha256'][:12]} · {shapes}"))
 
     def current(self) -> dict[str, Any] | None:
-        table = self.query_one(DataTable)
-        if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
+        """The record of the highlighted row (by its key, so it is the row the user sees)."""
+        name = self.query_one(KeyTable).highlighted_key()
+        return next((record for record in self.rows if record["name"] == name), None)
+
+    def copy_text(self) -> tuple[str, str] | None:
+        record = self.current()
+        if record is None:
             return None
-        return self.rows[table.cursor_row]
+        return record["name"], json.dumps(record, indent=2, sort_keys=True)
 
     # ---- actions ---------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -165,6 +145,12 @@ class PartsPane(Vertical):
         box.display = True
         box.focus()
 
+    @on(Input.Changed, "#parts-filter")
+    def _on_filter_typed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.filter_text = event.value.strip()
+        self._draw()
+
     @on(Input.Submitted, "#parts-filter")
     def _on_filter(self, event: Input.Submitted) -> None:
         event.stop()
@@ -172,8 +158,8 @@ class PartsPane(Vertical):
 
     def apply_filter(self, text: str) -> None:
         self.filter_text = text.strip()
-        self.query_one(DataTable).focus()
-        self.reload()
+        self.query_one(KeyTable).focus()
+        self._draw()
 
     def action_reload(self) -> None:
         self.reload()
@@ -185,9 +171,9 @@ class PartsPane(Vertical):
 
         def done(answer: str | None) -> None:
             if answer:
-                self._change(verb, record["name"], answer.strip())
+                self.post_message(PartsRequested(verb, record["name"], answer.strip()))
 
-        garage_app(self).push_screen(AskScreen(question.format(name=record["name"])), done)
+        self.app.push_screen(AskScreen(question.format(name=record["name"])), done)
 
     def action_tag(self) -> None:
         self._ask("tag", "Tag for {name}:")
@@ -202,12 +188,11 @@ class PartsPane(Vertical):
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
-                self._change("remove", record["name"])
+                self.post_message(PartsRequested("remove", record["name"]))
 
-        garage_app(self).push_screen(ConfirmScreen(f"Remove {record['name']} and its file?"), done)
+        self.app.push_screen(ConfirmScreen(f"Remove {record['name']} and its file?"), done)
 
     def action_verify(self) -> None:
         record = self.current()
         if record is not None:
-            self._change("verify", record["name"])
-
+            self.post_message(PartsRequested("verify", record["name"]))

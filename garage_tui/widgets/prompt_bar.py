@@ -5,15 +5,8 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.widgets import Input
 
-from garage_tui.widgets.base import garage_app
-
 
 class PromptInput(Input):
-    BINDINGS = [Binding("escape", "leave", "Back to pane", id="prompt.leave")]
+    """One line of prompt; its Esc is the app's ``leave_prompt`` (cancel a job, else back to the pane)."""
 
-    def action_leave(self) -> None:
-        app = garage_app(self)
-        if getattr(app, "job", None) is not None:
-            app.action_cancel_job()
-            return
-        app.pane_widget(app.pane).focus_main()
+    BINDINGS = [Binding("escape", "app.leave_prompt", "Back to pane", id="prompt.leave")]

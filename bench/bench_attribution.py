@@ -1,0 +1,82 @@
+"""Cost of attribution on SmolLM2 as forward-pass equivalents, and its agreement with exact patching.
+
+For each timed method the ratio divides its wall time by one plain forward pass over the same
+corrupted prompts (same batch, same run, best of several). Targets from issue 16: AtP over
+every head, block and position ≤ 3; EAP-IG with K steps ≤ K + 2. With ``--check`` the
+script also patches every head exactly and prints Spearman ρ and top-10 recall per method.
+Run: ``.venv/bin/python bench/bench_attribution.py [--task capitals] [--pairs 1] [--steps 5] [--check]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("GARAGE_CACHE", str(REPO / ".cache" / "garage-test"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def best_of(repeats: int, work) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="capitals")
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--check", action="store_true", help="exact patching of every head: ρ and recall")
+    args = parser.parse_args()
+
+    import torch
+
+    from engine.attribution import attributor_for, load_task
+    from engine.attribution.recheck import agreement
+    from engine.loading import open_model
+
+    loaded = open_model(args.model)
+    job = attributor_for(loaded, load_task(args.task, args.pairs), args.task)
+    ids = torch.cat([group.corrupt_ids for group in job.groups])
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for group in job.groups:
+                loaded.model(input_ids=group.corrupt_ids, use_cache=False)
+
+    plain()  # warm-up
+    forward = best_of(args.repeats, plain)
+    print(f"{args.model} · task {args.task} · {job.n_total} pair(s) of {list(ids.shape)} tokens · "
+          f"{torch.get_num_threads()} threads")
+    print(f"plain forward pass: {forward * 1000:.1f} ms")
+    reports = {}
+    for method, steps, target in (("atp", 0, 3.0), ("eap", 0, None), ("eap-ig", args.steps, args.steps + 2.0)):
+        seconds = best_of(args.repeats, lambda m=method, s=steps: reports.__setitem__(m, job.score(m, s)))
+        goal = f"(target ≤ {target:g})" if target is not None else "(nodes and edges)"
+        label = f"{method} K={steps}" if method == "eap-ig" else method
+        print(f"{label:<12} {seconds * 1000:8.1f} ms  = {seconds / forward:5.2f} forward passes {goal}")
+    if args.check:
+        start = time.perf_counter()
+        job.score("atp")
+        truth = job.check_heads(reports["atp"])
+        exact = [value for row in reports["atp"].exact_heads for value in row]
+        print(f"exact patching of all heads: {time.perf_counter() - start:.1f}s")
+        for method, report in reports.items():
+            check = agreement("all heads", report.scores.heads.flatten().tolist(), exact, 10)
+            print(f"{method:<7} Spearman ρ {check.spearman:.3f} · top-10 recall {check.recall:.2f}")
+        assert truth.n == loaded.anatomy.n_layers * loaded.anatomy.geometry.n_heads
+
+
+if __name__ == "__main__":
+    main()

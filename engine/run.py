@@ -1,0 +1,92 @@
+"""The one forward entry point: every pass the engine makes goes through ``run``.
+
+Captures, interventions, streaming-statistics observers, raw per-row edits, cancellation at
+each layer, per-layer progress and last-position-only logits, all in one call. Analyzers,
+stats, snapshots in motion, the build bench's evaluation and the app call it, so Esc stops
+any of them at the next layer and a test can count the passes one action makes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.addresses import Target
+from engine.errors import GarageError
+from engine.hooks import Edit, Observer, Tap, hooked
+from engine.interventions import Intervention
+from engine.loading import LoadedModel
+from engine.progress import Progress, check_cancel
+
+__all__ = ["Progress", "RunOutput", "require_weights", "run"]
+
+
+@dataclass
+class RunOutput:
+    """One forward pass: the model's main output, what it captured, and the ids it read."""
+
+    # logits [B, T, vocab] for a causal LM ([B, 1, vocab] with last_logits_only); else the last hidden state
+    main: Tensor
+    tap: Tap
+    ids: Tensor  # [B, T]
+    cache: object | None = None  # the KV cache, when the pass was asked to keep one
+
+    @property
+    def logits(self) -> Tensor:
+        """The main output under its usual name (a causal LM's logits)."""
+        return self.main
+
+
+def require_weights(loaded: LoadedModel) -> None:
+    """Refuse a structure-only model (no weights) with a message that says how to run it."""
+    if loaded.structure_only:
+        raise GarageError(f"'{loaded.name}' is open structure-only (no weights); open it with weights to run it")
+
+
+def run(
+    loaded: LoadedModel,
+    ids: Tensor,
+    *,
+    capture: Sequence[str] = (),
+    interventions: Sequence[Intervention] = (),
+    observers: Mapping[str, Observer] | None = None,
+    edits: Sequence[tuple[Target, Edit]] = (),
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
+    last_logits_only: bool = False,
+    attention_mask: Tensor | None = None,
+    cache: object | None = None,
+    use_cache: bool = False,
+    history: bool = False,
+) -> RunOutput:
+    """One forward pass of ``ids`` (``[B, T]``) under ``interventions``.
+
+    ``capture`` keeps the named points in ``RunOutput.tap``; ``observers`` (``{address:
+    fn(value)}``) see a value without keeping it; ``edits`` are raw ``(target, fn)`` edits
+    applied after the interventions. Setting ``cancel`` stops the pass with ``Cancelled`` at
+    the next layer; ``progress(stage, fraction)`` hears of each layer. ``last_logits_only``
+    runs a causal LM's head on the last position only. A padded batch passes its
+    ``attention_mask``; mean ablation then leaves the pads out of its mean. ``use_cache``
+    returns the KV cache in ``RunOutput.cache`` and ``cache`` continues from one (one
+    decoding step). Every hook is removed on the way out, also when the pass raises.
+    """
+    require_weights(loaded)
+    check_cancel(cancel, "the forward pass")
+    extra: dict[str, object] = {}
+    if attention_mask is not None:
+        extra["attention_mask"] = attention_mask.to(ids.device)
+    if loaded.is_causal_lm:
+        extra["use_cache"] = use_cache
+        if cache is not None:
+            extra["cache"] = cache
+        if last_logits_only:
+            extra["logits_to_keep"] = 1
+    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions, cancel,
+                                        history, observers=observers, edits=edits, progress=progress) as tap:
+        output = loaded.model(input_ids=ids, **extra)
+    main = output.logits if hasattr(output, "logits") else output.last_hidden_state
+    return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)

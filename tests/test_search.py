@@ -1,0 +1,209 @@
+"""Recipe search on a tiny random Llama saved to a temp folder: spec validation, the space, the journal,
+resume after kill -9, 1 vs 2 workers vs Ray, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine.build import load_recipe, validate_recipe
+from engine.jobs import InProcessBackend, PoolBackend
+from engine.loading import _model_class
+from engine.search import SearchSpecError, load_search_spec, run_search
+from engine.search.journal import JournalError
+from engine.search.space import trial_recipe
+from engine.search.trial import TrialTask, evaluate_trial
+from tests.tiny_models import tiny_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 6-layer random Llama (vocab 128, no tokenizer: scored on the text's bytes)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    doc = tiny_configs()["llama"].to_dict()
+    doc.pop("layer_types", None)
+    doc["num_hidden_layers"] = LAYERS
+    config = type(tiny_configs()["llama"]).from_dict(doc)
+    torch.manual_seed(0)
+    _model_class(config).from_config(config).eval().save_pretrained(folder)
+    return folder
+
+
+def spec_doc(model: Path, **changes) -> dict:
+    doc = {
+        "search_version": 1, "name": "tiny-search",
+        "recipe": {"recipe_version": 1, "name": "tiny", "sources": {"a": str(model)}, "embed": "a",
+                   "final_norm": "a", "lm_head": "a", "layers": [{"take": f"a.L0-{LAYERS - 1}"}]},
+        "parameters": [{"drop": [1, 4], "count": 2}, {"blend": 5, "with": "a.L4", "method": "slerp"},
+                       {"heads": 0, "from": "a.L1", "which": [0, 1]}],
+        "objectives": ["perplexity"], "optimiser": "tpe", "budget": 6, "seed": 3, "max_tokens": 96,
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_spec_is_validated_before_anything_runs(tiny_llama):
+    spec = load_search_spec(spec_doc(tiny_llama))
+    assert spec.dimension == 4 + 1 + 1
+    bad = [
+        ({"parameters": [{"drop": [1, 9], "count": 2}]}, "output layer"),
+        ({"parameters": [{"drop": [1, 4], "count": 4}]}, "how many"),
+        ({"parameters": [{"blend": 5, "with": "b.L4"}]}, "fails validation"),
+        ({"objectives": ["accuracy"]}, "objectives"),
+        ({"objectives": ["perplexity", "bits_per_byte"], "optimiser": "tpe"}, "nsga2"),
+        ({"search_version": 2}, "search_version"),
+        ({"budget": 0}, "budget"),
+        ({"colour": "red"}, "unknown key"),
+    ]
+    for change, message in bad:
+        with pytest.raises(SearchSpecError, match=message):
+            load_search_spec(spec_doc(tiny_llama, **change))
+
+
+def test_point_to_recipe(tiny_llama):
+    spec = load_search_spec(spec_doc(tiny_llama))
+    # drop scores for L1..L4: the two highest (L3 at 0.9, L1 at 0.8) go; blend t=0.25; heads off
+    doc = trial_recipe(spec, [0.8, 0.1, 0.9, 0.2, 0.25, 0.4])
+    assert [layer.get("take") or layer.get("blend") for layer in doc["layers"]] == \
+        ["a.L0", "a.L2", "a.L4", ["a.L5", "a.L4"]]
+    assert doc["layers"][-1]["t"] == 0.25
+    assert "heads" not in doc["layers"][0]
+    with_heads = trial_recipe(spec, [0.8, 0.1, 0.9, 0.2, 0.25, 0.6])
+    assert with_heads["layers"][0]["heads"] == [{"head": 0, "from": "a.L1.h0"}, {"head": 1, "from": "a.L1.h1"}]
+    assert validate_recipe(load_recipe(with_heads)).ok
+
+
+def test_trial_scores_the_built_hybrid(tiny_llama):
+    """Dropping layers changes the score; the identity recipe scores like the source itself."""
+    spec = load_search_spec(spec_doc(tiny_llama))
+    drop = trial_recipe(spec, [0.8, 0.1, 0.9, 0.2, 0.0, 0.0])
+    keep_all = dict(spec.base)
+    a = evaluate_trial(TrialTask(0, (0.0,), drop, ("perplexity",), 96))
+    b = evaluate_trial(TrialTask(1, (0.0,), keep_all, ("perplexity",), 96))
+    assert a.layers == LAYERS - 2 and b.layers == LAYERS
+    assert a.tokens_scored == b.tokens_scored == 95
+    assert a.perplexity != b.perplexity
+    # a random 128-token model is near uniform: perplexity near the vocabulary size
+    assert 60 < b.perplexity < 260
+    assert b.values == [b.perplexity]
+
+
+def test_search_writes_a_checkable_best_recipe_and_resumes(tiny_llama, tmp_path):
+    spec = load_search_spec(spec_doc(tiny_llama))
+    journal = tmp_path / "run.jsonl"
+    full = run_search(spec, journal)
+    assert len(full.trials) == 6 and full.evaluated == 6
+    assert full.best is not None and full.best.perplexity == min(t.perplexity for t in full.trials)
+    best = load_recipe(Path(full.best_recipe))
+    assert validate_recipe(best).ok
+    assert best.to_dict()["layers"] == load_recipe(full.best.recipe).to_dict()["layers"]
+    # the same journal again: everything replayed, nothing evaluated
+    again = run_search(spec, journal)
+    assert again.evaluated == 0 and [t.to_dict() for t in again.trials] == [t.to_dict() for t in full.trials]
+    # an interrupted run (stopped after 4 new trials) then resumed equals the uninterrupted one
+    part = tmp_path / "part.jsonl"
+    first = run_search(spec, part, stop_after=4)
+    assert first.stopped and first.evaluated == 4
+    resumed = run_search(spec, part)
+    assert resumed.evaluated == 2
+    assert [t.to_dict() for t in resumed.trials] == [t.to_dict() for t in full.trials]
+    # a changed spec refuses the journal
+    with pytest.raises(JournalError, match="different search"):
+        run_search(load_search_spec(spec_doc(tiny_llama, seed=4)), journal)
+
+
+def test_cmaes_and_nsga2(tiny_llama, tmp_path):
+    cma = run_search(load_search_spec(spec_doc(tiny_llama, optimiser="cmaes", budget=5)), tmp_path / "c.jsonl")
+    assert len(cma.trials) == 5 and len({tuple(t.point) for t in cma.trials}) == 5
+    nsga = run_search(load_search_spec(spec_doc(tiny_llama, optimiser="nsga2", budget=5,
+                                                objectives=["perplexity", "bits_per_byte"])), tmp_path / "n.jsonl")
+    assert all(len(t.values) == 2 for t in nsga.trials)
+    assert nsga.pareto and set(nsga.pareto) <= {t.number for t in nsga.trials}
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_gives_the_same_best(tiny_llama, tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_doc(tiny_llama, budget=8)))
+    full = subprocess.run([sys.executable, "-m", "garage_tui.cli", "search", str(spec_path), "--journal",
+                           str(tmp_path / "full.jsonl"), "--json"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr
+    full_doc = json.loads(full.stdout)
+    journal = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "garage_tui.cli", "search", str(spec_path), "--journal",
+                             str(journal), "--json"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 1 + 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(journal.read_text().splitlines()) - 1
+    assert 3 <= done_before < 8
+    resumed = subprocess.run([sys.executable, "-m", "garage_tui.cli", "search", str(spec_path), "--journal",
+                              str(journal), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["evaluated"] == 8 - done_before
+    assert doc["trials"] == full_doc["trials"]
+    assert doc["best"] == full_doc["best"]
+    assert Path(doc["best_recipe"]).read_text().split("\n", 1)[1] == \
+        Path(full_doc["best_recipe"]).read_text().split("\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_one_worker_two_workers_and_ray_agree(tiny_llama, tmp_path):
+    """Same trials on every backend → bit-identical results (Ray is a real local instance)."""
+    spec = load_search_spec(spec_doc(tiny_llama, budget=4))
+    tasks = [(i, TrialTask(i, (float(i),), trial_recipe(spec, [0.1 * i, 0.3, 0.5, 0.7, 0.2 * i, i % 2]),
+                            ("perplexity",), 96)) for i in range(4)]
+    one = dict(InProcessBackend().run(evaluate_trial, tasks))
+    with PoolBackend(2) as pool:
+        two = dict(pool.run(evaluate_trial, tasks))
+    assert {i: r.to_dict() for i, r in one.items()} == {i: r.to_dict() for i, r in two.items()}
+    pytest.importorskip("ray")
+    from engine.jobs import make_backend
+
+    ray_backend = make_backend(workers=2, ray="local")
+    try:
+        on_ray = dict(ray_backend.run(evaluate_trial, tasks))
+    finally:
+        ray_backend.close()
+    assert {i: r.to_dict() for i, r in one.items()} == {i: r.to_dict() for i, r in on_ray.items()}
+
+
+def test_torn_last_line_is_dropped_and_rerun(tiny_llama, tmp_path):
+    spec = load_search_spec(spec_doc(tiny_llama, budget=3))
+    journal = tmp_path / "torn.jsonl"
+    full = run_search(spec, journal)
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # a kill mid-write
+    resumed = run_search(spec, journal)
+    assert resumed.evaluated == 1
+    assert [t.to_dict() for t in resumed.trials] == [t.to_dict() for t in full.trials]
+    assert len(journal.read_text().splitlines()) == 1 + 3
+
+
+def test_pareto_front_keeps_only_undominated():
+    from engine.search import pareto_front
+    from engine.search.trial import TrialResult
+
+    def result(number, a, b):
+        return TrialResult(number, [], [a, b], a, b, 1, 1)
+
+    trials = [result(0, 1.0, 5.0), result(1, 2.0, 2.0), result(2, 3.0, 3.0), result(3, 5.0, 1.0), result(4, 2.0, 2.0)]
+    assert pareto_front(trials) == [0, 1, 3, 4]
