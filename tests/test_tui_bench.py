@@ -57,7 +57,7 @@ def test_invalid_recipe_is_shown_live_and_refused_with_one_notification(smollm2,
             await pilot.pause()
             await pilot.press("ctrl+a", "ctrl+k", *str(tmp_path / "never-built"), "enter")
             await wait_for(pilot, lambda: app.job is None and notes, 60, "the refusal")
-            await pilot.pause(0.2)
+            await wait_idle(pilot)  # every worker has ended, so no second note can still come
             assert len(notes) == 1 and notes[0][1] == "error"
             assert "refused" in notes[0][0] and "Traceback" not in notes[0][0]
             assert not (tmp_path / "never-built").exists()

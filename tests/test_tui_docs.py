@@ -24,7 +24,8 @@ def test_screenshots_of_every_screen(smollm2, tmp_path):
         app = pilot.app
         app.clear_notifications()
         app.set_status("")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: not app.screen.query("Toast"), 10, "the notifications to clear")
+        await pilot.wait_for_scheduled_animations()
         path = app.save_screenshot(filename=f"{name}.svg", path=str(out))
         return Path(path).read_text(encoding="utf-8")
 

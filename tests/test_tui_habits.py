@@ -221,7 +221,16 @@ def test_palette_offers_every_action(smollm2, tmp_path):
             assert app.screen.__class__.__name__ == "CommandPalette"
             for char in "Theme: garage-contrast":
                 await pilot.press(char)
-            await pilot.pause(0.5)
+
+            def offered() -> bool:
+                # the palette searches in a worker; Enter picks the top hit once the search is done
+                commands = app.screen.query_one("CommandList")
+                searching = any(w.is_running and w.group == "--textual-command-palette-gather-commands"
+                                for w in app.workers)
+                return (not searching and commands.highlighted is not None
+                        and "garage-contrast" in str(commands.get_option_at_index(commands.highlighted).prompt))
+
+            await wait_for(pilot, offered, 10, "the palette to offer the theme")
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.theme == "garage-contrast", 10, "the palette's theme command")
 
@@ -331,7 +340,8 @@ def test_failing_model_load_is_one_notification(tmp_path):
         app.notify = lambda message, **kw: (notes.append((message, kw.get("severity"))), original(message, **kw))[1]
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.job is None and notes, 120, "the load to fail")
-            await pilot.pause(0.2)
+            # every worker has ended, so a second notification could no longer come
+            await wait_for(pilot, lambda: not any(w.is_running for w in app.workers), 30, "the workers to end")
             assert app.is_running
         assert len(notes) == 1
         message, severity = notes[0]

@@ -83,8 +83,9 @@ def hold(monkeypatch: Any, module: Any, name: str) -> Any:
     def held(*args: Any, **kwargs: Any) -> Any:
         cancel = kwargs.get("cancel")
         deadline = time.monotonic() + 30
-        while not gate.is_set() and not (cancel is not None and cancel.is_set()) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # gate.wait returns as soon as the test opens the gate; the timeout only lets a cancel be seen
+        while not gate.wait(0.01) and not (cancel is not None and cancel.is_set()) and time.monotonic() < deadline:
+            pass
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, held)

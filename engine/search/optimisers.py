@@ -7,6 +7,7 @@ asks the same points whether or not it was interrupted — the journal replays w
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from engine.search.spec import SearchSpec, SearchSpecError
@@ -50,7 +51,9 @@ class OptunaOptimiser(Optimiser):
 
 class CmaOptimiser(Optimiser):
     def __init__(self, spec: SearchSpec, batch: int) -> None:
-        import cma
+        with warnings.catch_warnings():  # cma warns on import when matplotlib (its plotting) is absent
+            warnings.simplefilter("ignore", UserWarning)
+            import cma
 
         if spec.dimension < 2:
             raise SearchSpecError("cmaes needs at least 2 searched coordinates; use optimiser tpe for one knob")

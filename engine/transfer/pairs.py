@@ -96,7 +96,7 @@ def stitch_text(sources: tuple[str, ...] = ("sample", "pydoc"), chunk_chars: int
     return TextSplit(train, held, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
-def _encode(tokenizer: Any, text: str) -> tuple[Tensor, list[tuple[int, int]]]:
+def encode_with_offsets(tokenizer: Any, text: str) -> tuple[Tensor, list[tuple[int, int]]]:
     encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
     return encoded.input_ids, [tuple(pair) for pair in encoded.offset_mapping[0].tolist()]
 
@@ -133,8 +133,8 @@ def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, c
     for index, chunk in enumerate(chunks):
         check_cancel(cancel, "the stitch")
         notify(progress, stage, index / max(len(chunks), 1))
-        ids_a, offsets_a = _encode(loaded_a.tokenizer, chunk)
-        ids_b, offsets_b = _encode(loaded_b.tokenizer, chunk)
+        ids_a, offsets_a = encode_with_offsets(loaded_a.tokenizer, chunk)
+        ids_b, offsets_b = encode_with_offsets(loaded_b.tokenizer, chunk)
         if pairing.same_tokens:
             count = min(ids_a.shape[1], ids_b.shape[1])
             positions_a = positions_b = list(range(1, count))

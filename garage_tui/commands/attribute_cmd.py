@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from garage_tui.commands.common import add_model_options, console, open_from_args, print_json
+from garage_tui.commands.common import add_model_options, console, open_from_args, print_json, progress_bar
 
 METHODS = ("atp", "eap", "eap-ig")  # mirrors engine.attribution.METHODS without importing torch
 
@@ -47,25 +47,14 @@ def pairs_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     pairs = pairs_from_args(args)
-    loaded = open_from_args(args)
+    loaded = open_from_args(args)  # draws its own bar for a first GGUF conversion
     from engine.attribution import attribute, to_snapshot
     from engine.snapshots import save_snapshot
 
-    if args.json:
+    # the bar goes to stderr, on a terminal only, never with --json: stdout stays the report
+    with progress_bar(args, "attributing") as progress:
         report = attribute(loaded, pairs, method=args.method, ig_steps=args.ig_steps, top=args.top,
-                           check_heads=args.check_heads, task=args.task)
-    else:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console(),
-                      transient=True) as bar:
-            job = bar.add_task("attributing", total=1.0)
-
-            def progress(stage: str, fraction: float | None) -> None:
-                bar.update(job, description=stage[:60], completed=fraction or 0.0)
-
-            report = attribute(loaded, pairs, method=args.method, ig_steps=args.ig_steps, top=args.top,
-                               check_heads=args.check_heads, task=args.task, progress=progress)
+                           check_heads=args.check_heads, task=args.task, progress=progress)
     if args.out:
         save_snapshot(args.out, to_snapshot(report))
     if args.json:

@@ -3,16 +3,18 @@ detail and the run's residual norms."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
+from textual.worker import Worker, WorkerState
 
-from garage_tui.controller import RunReport, Workbench
+from garage_tui.controller import PLAN_SEQ, RunReport, Workbench
 from garage_tui.render import human_count
+from garage_tui.render_plan import plan_lines
 from garage_tui.widgets.part_tree import PartTree
 
 
@@ -40,8 +42,11 @@ def guesses_text(report: RunReport | None) -> Text:
     return text
 
 
-def detail_text(part: Any, interventions: list[dict[str, Any]]) -> Text:
-    """The detail pane's text for ``part``: what it is, where it lives, what is done to it."""
+def detail_text(part: Any, interventions: list[dict[str, Any]], plan: Any = None) -> Text:
+    """The detail pane's text for ``part``: what it is, where it lives, what is done to it.
+
+    The model's own card also shows its fit plan (``FitPlan``, or the line saying why there is none).
+    """
     text = Text()
     text.append(f"{part.address}", style="bold")
     text.append(f"  {part.kind}\n", style="italic")
@@ -70,6 +75,10 @@ def detail_text(part: Any, interventions: list[dict[str, Any]]) -> Text:
     here = [item for item in interventions if item["address"] == part.address]
     if here:
         text.append("active  " + ", ".join(item["describe"] for item in here) + "\n", style="bold")
+    if part.kind == "model" and plan is not None:
+        text.append("fit plan\n", style="bold")
+        for line in [plan] if isinstance(plan, str) else plan_lines(plan):
+            text.append(f"  {line}\n")
     return text
 
 
@@ -89,6 +98,7 @@ class BayPane(Vertical):
     def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.workbench = workbench
+        self._planning: str | None = None  # the model whose plan a worker is computing
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -121,8 +131,46 @@ class BayPane(Vertical):
         guesses.update(guesses_text(report))
         guesses.display = bool(report and report.guesses)
         part = workbench.selected_part or loaded.anatomy.root
-        self.query_one("#part-detail", Static).update(detail_text(part, workbench.intervention_rows()))
+        plan = workbench.plans.get(loaded.name)
+        if part.kind == "model" and self._planning is None:
+            # decided after the current message, once a handler that opens a model has started its first run
+            self.call_later(self._plan_if_stale)
+        shown = "computing…" if plan is None and self._planning == loaded.name else plan
+        self.query_one("#part-detail", Static).update(detail_text(part, workbench.intervention_rows(), shown))
         self.query_one("#norms", Sparkline).data = list(norms or [])
+
+    def _plan_if_stale(self) -> None:
+        """Plan the shown model for the last run's token count (``PLAN_SEQ`` before any run).
+
+        A model with weights waits for its first run while a job is in flight, so it is planned
+        once at the prompt's length rather than first at the default and again after the run.
+        """
+        loaded, report = self.workbench.loaded, self.workbench.last_report
+        if self._planning is not None or loaded is None:
+            return
+        plan = self.workbench.plans.get(loaded.name)
+        tokens = report.tokens if report is not None and report.model == loaded.name else 0
+        if plan is None:
+            if not loaded.structure_only and not tokens and self.workbench.job is not None:
+                return
+        elif isinstance(plan, str) or not tokens or plan.seq == tokens:
+            return
+        self._planning = loaded.name
+        workbench = self.workbench
+
+        def compute() -> tuple[str, Any]:
+            return loaded.name, workbench.compute_plan(loaded, tokens or PLAN_SEQ)
+
+        self.run_worker(compute, thread=True, group="plan", name="_plan_model")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name != "_plan_model" or event.state != WorkerState.SUCCESS:
+            return
+        event.stop()  # the plan is the card's own business, not a job of the app's
+        name, plan = cast("tuple[str, Any]", event.worker.result)
+        self.workbench.plans[name] = plan
+        self._planning = None
+        self.redraw()
 
     def copy_text(self) -> tuple[str, str] | None:
         """The selected part's detail and the guesses, as the bay shows them."""
@@ -130,6 +178,6 @@ class BayPane(Vertical):
         if loaded is None:
             return None
         part = self.workbench.selected_part or loaded.anatomy.root
-        text = detail_text(part, self.workbench.intervention_rows()).plain
+        text = detail_text(part, self.workbench.intervention_rows(), self.workbench.plans.get(loaded.name)).plain
         guesses = guesses_text(self.workbench.last_report).plain
         return part.address, text + ("\n" + guesses if guesses else "")
