@@ -124,6 +124,18 @@ def align_positions(offsets_a: list[tuple[int, int]], offsets_b: list[tuple[int,
     return [ends_a[end] for end in shared], [ends_b[end] for end in shared]
 
 
+def paired_chunk(loaded_a: Any, loaded_b: Any, chunk: str,
+                 pairing: Pairing) -> tuple[Tensor, Tensor, list[int], list[int]]:
+    """Both models' token ids for ``chunk`` and the positions that pair up (position 0 left out)."""
+    ids_a, offsets_a = encode_with_offsets(loaded_a.tokenizer, chunk)
+    ids_b, offsets_b = encode_with_offsets(loaded_b.tokenizer, chunk)
+    if pairing.same_tokens:
+        count = min(ids_a.shape[1], ids_b.shape[1])
+        return ids_a, ids_b, list(range(1, count)), list(range(1, count))
+    kept = [(pa, pb) for pa, pb in zip(*align_positions(offsets_a, offsets_b), strict=True) if pa > 0 and pb > 0]
+    return ids_a, ids_b, [pa for pa, _ in kept], [pb for _, pb in kept]
+
+
 def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, chunks: list[str], *,
                  pairing: Pairing, cancel: threading.Event | None = None, progress: Progress | None = None,
                  stage: str = "pairing") -> Iterator[PairBatch]:
@@ -133,15 +145,7 @@ def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, c
     for index, chunk in enumerate(chunks):
         check_cancel(cancel, "the stitch")
         notify(progress, stage, index / max(len(chunks), 1))
-        ids_a, offsets_a = encode_with_offsets(loaded_a.tokenizer, chunk)
-        ids_b, offsets_b = encode_with_offsets(loaded_b.tokenizer, chunk)
-        if pairing.same_tokens:
-            count = min(ids_a.shape[1], ids_b.shape[1])
-            positions_a = positions_b = list(range(1, count))
-        else:
-            positions_a, positions_b = align_positions(offsets_a, offsets_b)
-            kept = [(pa, pb) for pa, pb in zip(positions_a, positions_b, strict=True) if pa > 0 and pb > 0]
-            positions_a, positions_b = [pa for pa, _ in kept], [pb for _, pb in kept]
+        ids_a, ids_b, positions_a, positions_b = paired_chunk(loaded_a, loaded_b, chunk, pairing)
         if not positions_a:
             continue
         with torch.no_grad():

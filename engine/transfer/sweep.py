@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from engine.progress import Progress, check_cancel, notify
-from engine.transfer.pairs import PairBatch, TextSplit, align_positions, encode_with_offsets, pairing_for
+from engine.transfer.pairs import PairBatch, TextSplit, paired_chunk, pairing_for
 from engine.transfer.stitch import Moments, accumulate, fit_ridge
 
 __all__ = ["LayerSweep", "sweep_layers"]
@@ -43,14 +43,7 @@ def _chunk_rows(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], ch
     for index, chunk in enumerate(chunks):
         check_cancel(cancel, "the layer sweep")
         notify(progress, stage, index / max(len(chunks), 1))
-        ids_a, offsets_a = encode_with_offsets(loaded_a.tokenizer, chunk)
-        ids_b, offsets_b = encode_with_offsets(loaded_b.tokenizer, chunk)
-        if pairing.same_tokens:
-            count = min(ids_a.shape[1], ids_b.shape[1])
-            positions_a = positions_b = list(range(1, count))
-        else:
-            kept = [(pa, pb) for pa, pb in zip(*align_positions(offsets_a, offsets_b), strict=True) if pa and pb]
-            positions_a, positions_b = [pa for pa, _ in kept], [pb for _, pb in kept]
+        ids_a, ids_b, positions_a, positions_b = paired_chunk(loaded_a, loaded_b, chunk, pairing)
         if not positions_a:
             continue
         with torch.no_grad():
