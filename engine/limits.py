@@ -34,6 +34,10 @@ MAX_RECIPE_LAYERS = 1_024
 MAX_REPEAT = 1_024
 MAX_BINS = 100_000
 MAX_GENERATE = 100_000
+MAX_SAE_EXPANSION = 256  # features per input dimension
+MAX_IG_STEPS = 1_024  # integrated-gradient steps run as one batch
+MAX_WORKERS = 1_024
+MAX_EPOCHS = 10_000
 
 
 class LimitError(GarageError):

@@ -168,6 +168,8 @@ def test_unknown_method_and_bad_steps_are_refused(linear_job):
         linear_job.score("ablate")
     with pytest.raises(GarageError, match="ig-steps"):
         linear_job.score("eap-ig", ig_steps=0)
+    with pytest.raises(GarageError, match="over the garage's limit of 1,024"):  # one batch of K steps: refuse before it
+        linear_job.score("eap-ig", ig_steps=10**9)
 
 
 def test_rank_statistics():

@@ -76,3 +76,13 @@ def test_tiny_training_run_resumes_to_the_same_sae(smollm2, tmp_path):
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(resumed.coder.tensors[name], straight.coder.tensors[name], rtol=1e-5, atol=1e-6)
     assert len(list((tmp_path / "cache").glob("shard-*.safetensors"))) == straight.steps
+
+
+def test_absurd_expansion_or_k_is_refused_before_allocating(smollm2):
+    from engine.limits import LimitError
+
+    with pytest.raises(LimitError, match="expansion factor is 1,000,000, over the garage's limit of 256"):
+        train_sae(smollm2, TrainConfig(address=AT, expansion=1_000_000, max_tokens=64))
+    too_many_k = r"k \(active features per token\) is 100,000, over the garage's limit of 4,608"
+    with pytest.raises(LimitError, match=too_many_k):
+        train_sae(smollm2, TrainConfig(address=AT, expansion=8, k=100_000, max_tokens=64))

@@ -207,3 +207,14 @@ def test_pareto_front_keeps_only_undominated():
 
     trials = [result(0, 1.0, 5.0), result(1, 2.0, 2.0), result(2, 3.0, 3.0), result(3, 5.0, 1.0), result(4, 2.0, 2.0)]
     assert pareto_front(trials) == [0, 1, 3, 4]
+
+
+def test_worker_counts_outside_their_bounds_are_refused():
+    from engine.jobs.backends import checked_workers
+    from engine.jobs.job import JobError
+
+    assert checked_workers(2) == 2
+    with pytest.raises(JobError, match="at least 1, got 0"):
+        PoolBackend(0)
+    with pytest.raises(JobError, match="over the garage's limit of 1,024"):
+        PoolBackend(10**6)

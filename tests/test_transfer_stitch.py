@@ -130,3 +130,13 @@ def test_layer_sweep_of_a_model_against_itself_peaks_on_the_diagonal(smollm2):
         assert row[i] > 0.99  # the identity seam
         assert all(value < row[i] for j, value in enumerate(row) if j != i)
     assert sweep.r2[0][2] < 0.9  # embeddings-ish layer 0 cannot predict layer 20
+
+
+def test_absurd_ae_sizes_are_refused_before_allocating():
+    from engine.limits import LimitError
+    from engine.transfer.stitch import fit_ae
+
+    with pytest.raises(LimitError, match="hidden width is 1,000,000,000, over the garage's limit of 65,536"):
+        fit_ae(None, lambda: [], hidden=10**9)  # type: ignore[arg-type]  # refused before the moments are read
+    with pytest.raises(LimitError, match="epochs must be at least 1"):
+        fit_ae(None, lambda: [], epochs=0)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from engine.attribution.recheck import Agreement, agreement, exact_effects
 from engine.attribution.report import METHODS, AttributionReport, ScoredNode
 from engine.attribution.tasks import PairGroup, PromptPair, encode_pairs
 from engine.errors import GarageError
+from engine.limits import MAX_IG_STEPS, check_count
 from engine.progress import Progress
 from engine.progress import notify as _notify
 
@@ -53,8 +54,8 @@ class Attributor:
         """Every node's estimate (and, for ``eap``/``eap-ig``, every edge's), ranked by |score|."""
         if method not in METHODS:
             raise GarageError(f"unknown attribution method '{method}'; use one of: {', '.join(METHODS)}")
-        if method == "eap-ig" and ig_steps < 1:
-            raise GarageError(f"--ig-steps must be at least 1, got {ig_steps}")
+        if method == "eap-ig":
+            check_count(ig_steps, "--ig-steps", MAX_IG_STEPS, minimum=1)
         # a layout whose blocks pass their output through a norm (Gemma's sandwich) has no linear
         # edges; there eap-ig still gives its node scores, and plain eap would only repeat atp
         edges = method != "atp" and self.graph.has_edges

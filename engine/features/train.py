@@ -32,6 +32,7 @@ from engine.features.corpus import read_texts, token_windows
 from engine.features.errors import FeatureError
 from engine.features.metrics import SaeMetrics, evaluate_coder
 from engine.features.streaming import activations_at
+from engine.limits import MAX_SAE_EXPANSION, check_count
 from engine.storage import atomic_output_dir, ensure_dir
 
 Progress = Callable[[str, float | None], None]
@@ -205,9 +206,9 @@ def train_sae(loaded: Any, config: TrainConfig, *, checkpoint_dir: str | Path | 
     d_in = point_width(loaded, target.address)
     if d_in is None:
         raise FeatureError(f"cannot tell the width of '{target.address}'; train at a residual, attn/mlp output or z")
-    if config.k < 1 or config.expansion < 1:
-        raise FeatureError("k and the expansion factor must be at least 1")
-    d_sae = config.expansion * d_in
+    expansion = check_count(config.expansion, "the expansion factor", MAX_SAE_EXPANSION, minimum=1)
+    d_sae = expansion * d_in
+    check_count(config.k, "k (active features per token)", d_sae, minimum=1)
     skip = 1 if loaded.tokenizer is not None and loaded.tokenizer.bos_token_id is not None else 0
     generator = torch.Generator().manual_seed(config.seed)
     sae = _TopK(d_in, d_sae, config.k, generator)

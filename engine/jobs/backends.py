@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.errors import GarageError
 from engine.jobs.job import MAX_REQUEUES, JobError, TrialFailed, TrialFn
+from engine.limits import MAX_WORKERS
 
 
 def _call(fn: TrialFn, index: int, spec: Any) -> Any:
@@ -73,15 +74,22 @@ def _pool_worker_init() -> None:
         pass
 
 
+def checked_workers(workers: int) -> int:
+    """``--workers`` as asked, or a ``JobError`` naming the bound it is outside."""
+    if workers < 1:
+        raise JobError(f"--workers must be at least 1, got {workers}")
+    if workers > MAX_WORKERS:
+        raise JobError(f"--workers {workers:,} is over the garage's limit of {MAX_WORKERS:,}; ask for fewer")
+    return workers
+
+
 class PoolBackend(Backend):
     """A local pool of ``workers`` spawned processes; each keeps its own model cache between trials."""
 
     name = "pool"
 
     def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise JobError(f"--workers must be at least 1, got {workers}")
-        self.workers = workers
+        self.workers = checked_workers(workers)
         self._executor: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -157,8 +165,7 @@ class RayBackend(Backend):
         except ImportError as exc:
             raise JobError("the Ray backend needs the optional extra: pip install 'model-garage[ray]' "
                            "(or pip install ray)") from exc
-        if workers < 1:
-            raise JobError(f"--workers must be at least 1, got {workers}")
+        checked_workers(workers)
         self._ray = ray
         self.workers = workers
         self._started = False
@@ -240,8 +247,6 @@ def make_backend(workers: int = 1, ray: str | None = None) -> Backend:
     """The backend the CLI flags ask for: Ray when ``ray`` is given, a pool for ``workers > 1``."""
     if ray:
         return RayBackend(ray, max(workers, 1))
-    if workers > 1:
+    if checked_workers(workers) > 1:
         return PoolBackend(workers)
-    if workers < 1:
-        raise JobError(f"--workers must be at least 1, got {workers}")
     return InProcessBackend()

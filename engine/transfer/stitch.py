@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from engine.limits import MAX_EPOCHS, MAX_HIDDEN, check_count
 from engine.progress import Progress, check_cancel, notify
 from engine.transfer.pairs import PairBatch, TransferError
 
@@ -161,6 +162,8 @@ def fit_ae(moments: Moments, batches: Callable[[], Iterable[PairBatch]], *, hidd
            lr: float = 1e-3, seed: int = 0, cancel: threading.Event | None = None,
            progress: Progress | None = None) -> Stitch:
     """Train a ReLU-encoder, linear-decoder map with MSE; ``batches()`` re-streams the pairs each epoch."""
+    check_count(hidden, "the ae map's hidden width", MAX_HIDDEN, minimum=1)
+    check_count(epochs, "the ae map's epochs", MAX_EPOCHS, minimum=1)
     d_a, d_b = moments.sum_x.shape[0], moments.sum_y.shape[0]
     x_mean, y_mean = moments.mean_x.float(), moments.mean_y.float()
     x_var = (torch.diagonal(moments.xtx) / moments.count - moments.mean_x ** 2).clamp_min(0).mean()
