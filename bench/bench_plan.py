@@ -1,8 +1,10 @@
 """The fit planner against measured peak memory, and how fast it plans a 70B config.
 
 Each (model, phase) is measured in its own subprocess: after a warm-up that imports
-everything, opens the model's structure and loads its tokenizer once (the process baseline),
-the child records its resident memory, runs the phase, and reports its peak RSS (VmHWM, which is
+everything, opens the model's structure and loads its tokenizer once as ``open_model`` will
+(the process baseline) and hands the warm-up's freed heap back (``malloc_trim``, so the phase
+cannot hide allocations in it), the child records its resident memory, runs the phase, and
+reports its peak RSS (VmHWM, which is
 ``ru_maxrss`` without the parent's pre-exec share; see ``_peak_bytes``) minus that baseline. Phases:
 
 * ``load``    – ``open_model`` and one read of every weight: transformers memory-maps the
@@ -65,6 +67,21 @@ def _reset_peak() -> int:
     return _rss_bytes()
 
 
+def _trim_heap() -> None:
+    """Hand the warm-up's freed heap back to the system (glibc ``malloc_trim``).
+
+    Parsing a tokenizer frees a few hundred MiB (Gemma's: ~190 MiB) that the C heap keeps; left in
+    the baseline, the phase's own small allocations (captures, the second tokenizer) would land in
+    it unseen. A fresh ``garage`` process has no such spare heap, so the measurement must not either.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim the same way
+
+
 def child(spec: str, phase: str, seq: int) -> dict[str, float]:
     """Run one phase in this (fresh) process; return the peak bytes above the warm baseline.
 
@@ -90,10 +107,11 @@ def child(spec: str, phase: str, seq: int) -> dict[str, float]:
     if source.kind.endswith("gguf"):
         from engine.gguf_cache import converted_folder
 
-        source = _Source(source.name, "folder", folder=converted_folder(source.file))
-    _load_tokenizer(source)  # the tokenizer library's first-use cost belongs to the baseline
+        source = _Source(source.name, "folder", folder=converted_folder(source.file), checked_cache=True)
+    _load_tokenizer(source)  # the tokenizer library's first-use cost belongs to the baseline (as open_model loads it)
     with torch.no_grad():  # warm the CPU kernels on a tiny tensor
         torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+    _trim_heap()
     baseline = _reset_peak()
     loaded = open_model(spec)
     with torch.no_grad():

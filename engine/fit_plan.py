@@ -16,9 +16,19 @@ What "peak" means here, so that the numbers can be checked against ``ru_maxrss``
   step holds the dequantised float32 model, its state dict while saving, and the mapped GGUF
   file: ``gguf.conversion_peak_bytes``. Later opens read the cached float32 safetensors.
 * the process's own baseline (interpreter, imports) is not part of any figure. A fixed
-  ``RUNTIME_ALLOWANCE_BYTES`` covers what an open model costs beside its tensors: the second
-  tokenizer, module objects and the CPU kernels' workspaces (5–11 MiB measured on SmolLM2 and
-  MiniLM); it only matters for tiny models.
+  ``RUNTIME_ALLOWANCE_BYTES`` covers what an open model costs beside its tensors and tokenizer:
+  module objects, the CPU kernels' workspaces, a small tokenizer's fixed part (5–11 MiB measured
+  on SmolLM2 and MiniLM); it only matters for tiny models.
+* the tokenizer is sized from its ``tokenizer.json`` (when one is at hand: a folder, a converted
+  GGUF): the tokenizers library keeps about 4× the file's bytes and, while parsing, allocates about
+  6× more that it frees again (measured: Gemma's 32 MiB file → 139 MiB kept, 329 MiB at the peak;
+  SmolLM2's 3.4 MiB → 12 and 38 MiB). That parse is the load's transient.
+* memory freed after loading stays in the C heap, and later allocations below glibc's mmap
+  threshold (32 MiB) reuse it before the process grows; bigger tensors (Gemma's 128 MiB of
+  logits) are fresh mappings. So a pass peaks at ``resident + large tensors + max(freed heap,
+  small tensors)`` (``_pass_peak``), not at the load peak plus everything the pass allocates.
+* a capture of ``lm_head.out`` keeps the logits tensor the forward returns anyway: the logits
+  are counted once (in the forward), not again as a capture.
 """
 
 from __future__ import annotations
@@ -40,6 +50,13 @@ _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 # Per-head points are views of their block's z, and patterns need eager attention; both are left out.
 CAPTURE_ALL_POINTS = ("in", "out", "z", "hidden")
 RUNTIME_ALLOWANCE_BYTES = 16 * 2**20
+# The tokenizers library's memory per byte of tokenizer.json: kept after loading, and allocated
+# while parsing then freed (measured on Gemma-3's, SmolLM2's and MiniLM's tokenizers; see above).
+TOKENIZER_RESIDENT_PER_BYTE = 4
+TOKENIZER_TRANSIENT_PER_BYTE = 6
+# glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): a tensor at
+# least this big is a fresh mapping; smaller ones may reuse heap the load freed.
+MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 
 class PlanError(GarageError):
@@ -102,6 +119,8 @@ class FitPlan:
     stats_transient_bytes: int  # the float64 working copies of the largest stats site
     stats_state_bytes: int  # what the accumulators keep (a few numbers and bins per point)
     runtime_allowance_bytes: int
+    tokenizer_bytes: int  # what the loaded tokenizer keeps (0 when no tokenizer.json is at hand)
+    tokenizer_transient_bytes: int  # what parsing it allocates and frees again during the load
     load_peak_bytes: int
     forward_peak_bytes: int
     capture_peak_bytes: int
@@ -226,21 +245,24 @@ def plan_structure(
     # attention weights grow with seq², so they are sized here rather than traced
     patterns = [a for a in points if a.endswith(".pattern")]
     points = [a for a in points if a not in patterns]
-    pattern_bytes = sum(batch * (1 if ".attn.h" in a else heads) * seq * seq * element for a in patterns)
     layer_points = [a for a in all_addresses(loaded.anatomy)
                     if a.startswith("L0.") and a.rsplit(".", 1)[1] in CAPTURE_ALL_POINTS and ".attn.h" not in a]
     if points or stats_points:
-        shapes = _meta_shapes(loaded, list(dict.fromkeys(points + stats_points + layer_points)), seq, batch)
+        shapes, output = _meta_shapes(loaded, list(dict.fromkeys(points + stats_points + layer_points)), seq, batch)
     else:  # layers are alike: a one-layer copy sizes a layer's working set in a fraction of the time
-        shapes = _meta_shapes(_one_layer(loaded), layer_points, seq, batch)
-    capture_bytes = _distinct_bytes(shapes, points) + pattern_bytes
-    layer_working = _distinct_bytes(shapes, layer_points)
+        shapes, output = _meta_shapes(_one_layer(loaded), layer_points, seq, batch)
+    # the logits are the forward's own output (counted there): capturing them keeps nothing more
+    captured = _distinct_sizes(shapes, points, skip=output if loaded.is_causal_lm else None)
+    captured += [batch * (1 if ".attn.h" in a else heads) * seq * seq * element for a in patterns]
+    capture_bytes = sum(captured)
+    layer_sizes = _distinct_sizes(shapes, layer_points)
+    layer_working = sum(layer_sizes)
 
     kv_cache = _kv_cache_bytes(config, seq, batch, element, loaded.is_causal_lm)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     logits = batch * seq * vocab * element if loaded.is_causal_lm else 0
     scores = batch * heads * seq * seq * element  # one layer's attention weights, softmaxed in place
-    forward_transient = logits + layer_working + scores
+    forward_sizes = [logits, scores, *layer_sizes]
     largest_site = max((numel for address, (numel, _, _) in shapes.items() if address in stats_points), default=0)
     stats_transient = 5 * largest_site * 8  # the float64 copy and its centred powers in _Moments.of
     stats_state = len(stats_points) * (stats_bins * 8 + 256)
@@ -250,9 +272,16 @@ def plan_structure(
     on_host = weight_bytes
     if device == "auto":
         on_host = sum(share.weight_bytes for share in devices if share.device == "cpu")
-        forward_transient += max((p.weight_bytes for p in placement if p.device == "disk"), default=0)
-    base = on_host + RUNTIME_ALLOWANCE_BYTES
-    load_peak = base
+        forward_sizes.append(max((p.weight_bytes for p in placement if p.device == "disk"), default=0))
+    forward_transient = sum(forward_sizes)
+    tokenizer_file = _tokenizer_file_bytes(loaded, dtype)
+    if not tokenizer_file:
+        notes.append("no tokenizer.json at hand (a hub id, a GGUF not converted yet): the tokenizer's memory "
+                     "is not counted (Gemma-3's: ~330 MiB while loading, 139 MiB kept)")
+    tokenizer_bytes = TOKENIZER_RESIDENT_PER_BYTE * tokenizer_file
+    tokenizer_transient = TOKENIZER_TRANSIENT_PER_BYTE * tokenizer_file
+    base = on_host + RUNTIME_ALLOWANCE_BYTES + tokenizer_bytes  # what stays resident once loaded
+    load_peak = base + tokenizer_transient
     if checkpoint_dtype != dtype and not loaded.source_kind.endswith("gguf"):
         ckpt_bytes = n_parameters * DTYPE_BYTES.get(checkpoint_dtype, 4)
         load_peak += ckpt_bytes
@@ -268,9 +297,11 @@ def plan_structure(
         logits_bytes=logits, layer_working_bytes=layer_working, forward_transient_bytes=forward_transient,
         captured_points=len(points) + len(patterns), capture_bytes=capture_bytes, stats_points=len(stats_points),
         stats_transient_bytes=stats_transient, stats_state_bytes=stats_state,
-        runtime_allowance_bytes=RUNTIME_ALLOWANCE_BYTES, load_peak_bytes=load_peak, 
-        forward_peak_bytes=base + forward_transient,
-        capture_peak_bytes=base + forward_transient + capture_bytes, gguf=gguf, notes=notes,
+        runtime_allowance_bytes=RUNTIME_ALLOWANCE_BYTES, tokenizer_bytes=tokenizer_bytes,
+        tokenizer_transient_bytes=tokenizer_transient, load_peak_bytes=load_peak,
+        forward_peak_bytes=max(load_peak, _pass_peak(base, tokenizer_transient, forward_sizes)),
+        capture_peak_bytes=max(load_peak, _pass_peak(base, tokenizer_transient, forward_sizes + captured)),
+        gguf=gguf, notes=notes,
     )
 
 
@@ -319,8 +350,10 @@ def _placement(model: nn.Module, device: str, max_memory: dict[int | str, int] |
     return placement, [DeviceShare(name, total, budget.get(name)) for name, total in totals.items()]
 
 
-def _meta_shapes(loaded: Any, points: list[str], seq: int, batch: int) -> dict[str, tuple[int, int, int]]:
-    """``{address: (numel, element bytes, identity)}`` from a meta-device forward with capture hooks.
+def _meta_shapes(loaded: Any, points: list[str], seq: int,
+                 batch: int) -> tuple[dict[str, tuple[int, int, int]], int | None]:
+    """``{address: (numel, element bytes, identity)}`` from a meta-device forward with capture hooks,
+    and the identity of the forward's logits (``None`` when it returns none).
 
     The identity groups points that see one tensor object (``L3.out`` is ``L4.in``), which a real
     capture keeps once. The trace runs 2 rows of 4 tokens and scales by ``batch × seq``: every
@@ -343,14 +376,16 @@ def _meta_shapes(loaded: Any, points: list[str], seq: int, batch: int) -> dict[s
     ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
     with torch.no_grad(), installed(loaded.model, bundles):
         try:
-            loaded.model(input_ids=ids)
+            output = loaded.model(input_ids=ids)
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             raise PlanError(f"cannot trace {loaded.name} on the meta device to size its captures: "
                             f"{str(exc).splitlines()[0]}; plan without --at/--capture-all") from exc
     # a view (lm_head's input is a slice of the final norm's output) shares its base's storage
     bases = {address: value if value._base is None else value._base for address, value in kept.items()}
+    logits = getattr(output, "logits", None)
+    logits_id = None if logits is None else id(logits if logits._base is None else logits._base)
     return {address: (base.numel() * batch * seq // (rows * tokens), base.element_size(), id(base))
-            for address, base in bases.items()}
+            for address, base in bases.items()}, logits_id
 
 
 def _keeper(kept: dict[str, Tensor], address: str) -> Callable[[Tensor], None]:
@@ -379,13 +414,50 @@ def _one_layer(loaded: Any) -> Any:
     return SimpleNamespace(name=loaded.name, model=model, anatomy=build_anatomy(model, config))
 
 
-def _distinct_bytes(shapes: dict[str, tuple[int, int, int]], points: Sequence[str]) -> int:
+def _distinct_sizes(shapes: dict[str, tuple[int, int, int]], points: Sequence[str],
+                    skip: int | None = None) -> list[int]:
+    """Bytes of each distinct tensor ``points`` see, leaving out the tensor ``skip`` identifies."""
     seen: dict[int, int] = {}
     for address in points:
         if address in shapes:
             numel, size, identity = shapes[address]
-            seen[identity] = numel * size
-    return sum(seen.values())
+            if identity != skip:
+                seen[identity] = numel * size
+    return list(seen.values())
+
+
+def _pass_peak(resident: int, reusable: int, sizes: Sequence[int]) -> int:
+    """Peak RSS of a pass allocating tensors of ``sizes`` on top of ``resident`` bytes, in a process
+    whose heap still holds ``reusable`` freed bytes (the load's transient).
+
+    Tensors below the C allocator's largest mmap threshold are carved from the heap, so they fill
+    the freed bytes before the process grows; larger ones are always fresh mappings.
+    """
+    large = sum(size for size in sizes if size >= MMAP_THRESHOLD_BYTES)
+    small = sum(size for size in sizes if size < MMAP_THRESHOLD_BYTES)
+    return resident + large + max(reusable, small)
+
+
+def _tokenizer_file_bytes(loaded: Any, dtype: str) -> int:
+    """The size of the ``tokenizer.json`` the model would load (0 when none is at hand: a hub id,
+    a GGUF not converted yet); only the file's size is read, never its content."""
+    folders: list[Path] = []
+    if getattr(loaded, "weights_path", None) is not None:
+        weights = Path(loaded.weights_path)
+        folders.append(weights if weights.is_dir() else weights.parent)
+    source = Path(str(loaded.source))
+    if loaded.source_kind.endswith("gguf"):
+        from engine.gguf_cache import cached_folder_for
+
+        folders += [cached_folder_for(source, dtype), cached_folder_for(source)]
+    elif loaded.source_kind != "hub":
+        folders.append(source if source.is_dir() else source.parent)
+    for folder in folders:
+        try:
+            return (folder / "tokenizer.json").stat().st_size
+        except OSError:
+            continue
+    return 0
 
 
 def _kv_cache_bytes(config: Any, seq: int, batch: int, element: int, causal: bool) -> int:

@@ -53,6 +53,8 @@ def plan_table(plan: Any):
         (f"captures ({plan.captured_points} points)", plan.capture_bytes),
         (f"streaming stats ({plan.stats_points} points, working)", plan.stats_transient_bytes),
         ("runtime allowance", plan.runtime_allowance_bytes),
+        ("tokenizer (kept)", plan.tokenizer_bytes),
+        ("tokenizer (parsing, freed after the load)", plan.tokenizer_transient_bytes),
         ("peak: load", plan.load_peak_bytes),
         ("peak: forward", plan.forward_peak_bytes),
         ("peak: forward with captures", plan.capture_peak_bytes),

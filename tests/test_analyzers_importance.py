@@ -86,7 +86,7 @@ def test_cancel_bad_mode_and_encoder_models(smollm2, minilm):
     assert "garage" in sample_text() and len(sample_text().split()) > 300
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "gemma", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "gemma", "gemma3", "qwen2"])
 def test_replaying_clean_blocks_changes_nothing(family):
     """Sweeps skip the blocks before an edit by replaying them; results equal full passes."""
     import torch

@@ -21,7 +21,7 @@ from engine.loading import _model_class, open_model
 from engine.runner import forward
 from tests.tiny_models import tiny_configs
 
-FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi", "phi3", "gemma", "bert"]
+FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi", "phi3", "gemma", "gemma3", "bert"]
 CAUSAL = [f for f in FAMILIES if f != "bert"]
 # The quick lane keeps one GQA decoder, one fused-qkv decoder and the encoder for every law;
 # the other families run in the full suite (the quick lane has a 2-minute budget on 2 cores).
@@ -180,6 +180,11 @@ def test_cache_law_with_repeated_layer(pairs, tmp_path, family):
     blocks = ".".join(p for p in (live.anatomy.base_path, live.anatomy.family.blocks) if p)
     for index, layer in enumerate(live.model.get_submodule(blocks)):
         set_layer_index(layer, [0, 1, 2, 1, 2, 3][index])
+    if family == "gemma3":
+        # a shared sliding-window slot returns its kept keys plus the new ones: the shapes break
+        with pytest.raises(RuntimeError, match="must match the size"):
+            greedy_pair(live.model, IDS)
+        return
     cached, full = greedy_pair(live.model, IDS)
     assert (cached - full).abs().max() > 1e-3
 

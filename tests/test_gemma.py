@@ -172,3 +172,26 @@ def test_cached_tokenizer_encodes_like_the_gemma_tokenizer_class(gemma):
         assert gemma.tokenizer(text).input_ids == original(text).input_ids
         ids = original(text).input_ids
         assert gemma.tokenizer.decode(ids) == original.decode(ids)
+
+
+def test_a_second_open_from_the_cache_gives_the_same_logits_and_tokenizer(gemma):
+    import transformers
+
+    from engine.loading import open_model
+
+    again = open_model("gemma3-270m")  # the fixture's open filled the cache: this one reads it
+    assert again.weights_path == gemma.weights_path
+    ids = _ids(gemma, "The opposite of hot is")
+    assert again.tokenizer("The opposite of hot is", return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(again.model(input_ids=ids).logits, gemma.model(input_ids=ids).logits)
+    # The cached entry's tokenizer skips transformers' Python parse of tokenizer.json; the plain
+    # load of the same folder must give the same added tokens and special tokens.
+    plain = transformers.AutoTokenizer.from_pretrained(gemma.weights_path)
+    assert len(again.tokenizer.added_tokens_decoder) == 6384
+    assert {i: repr(t) for i, t in again.tokenizer.added_tokens_decoder.items()} == {
+        i: repr(t) for i, t in plain.added_tokens_decoder.items()}
+    assert again.tokenizer.special_tokens_map == plain.special_tokens_map
+    assert again.tokenizer.all_special_ids == plain.all_special_ids
+    text = "<start_of_turn>user\n  tabs\tand émigré 日本語<end_of_turn>"
+    assert again.tokenizer(text).input_ids == plain(text).input_ids

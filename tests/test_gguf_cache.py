@@ -221,3 +221,37 @@ def test_stale_staging_of_a_dead_process_is_removed(tiny_gguf):
     live.rename(folder.parent / "unrelated")
     converted_folder(tiny_gguf)
     assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, "unrelated"])
+
+
+def test_second_open_comes_from_the_checked_cache_with_the_first_opens_logits(tiny_gguf, monkeypatch):
+    from engine import loading
+    from engine.loading import open_model
+
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    first = open_model(str(tiny_gguf))
+    with torch.no_grad():
+        first_logits = first.model(input_ids=ids).logits
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a second open must neither convert nor re-parse the cached tokenizer file")
+
+    monkeypatch.setattr(gguf_cache, "convert_gguf", refuse)
+    monkeypatch.setattr(loading, "check_tokenizer_file", refuse)
+    second = open_model(str(tiny_gguf))
+    with torch.no_grad():
+        second_logits = second.model(input_ids=ids).logits
+    assert second.weights_path == first.weights_path == cached_folder_for(tiny_gguf)
+    assert torch.equal(second_logits, first_logits) and first_logits.abs().max() > 0
+
+
+def test_a_damaged_cached_tokenizer_is_rebuilt_not_loaded(tiny_gguf):
+    # The cached tokenizer.json skips the foreign-folder parse on open; the manifest is its check.
+    folder = converted_folder(tiny_gguf)
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    gguf_cache._write_manifest(folder, tiny_gguf, "float32", ["config.json", "model.safetensors", "tokenizer.json"])
+    assert check_entry(folder).ok
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPX"}}')  # same size
+    problem = check_entry(folder)
+    assert not problem.ok and "tokenizer.json" in (problem.problem or "")
+    converted_folder(tiny_gguf)
+    assert check_entry(folder, deep=True).ok and not (folder / "tokenizer.json").exists()

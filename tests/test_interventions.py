@@ -42,7 +42,7 @@ def test_zero_ablate_head_matches_o_proj_reference_smollm2(smollm2):
     assert (ablated - clean).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "gemma", "gemma3"])
 def test_head_scale_matches_reference_mha_and_gqa(family):
     loaded = tiny_model(family)
     ids = torch.tensor([[1, 7, 3, 9, 4, 2]])

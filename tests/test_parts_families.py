@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox", "phi", "phi3", "bert"]
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma3", "gpt2", "gpt_neox", "phi", "phi3", "bert"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

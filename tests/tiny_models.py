@@ -25,6 +25,12 @@ def tiny_configs() -> dict[str, object]:
                              intermediate_size=96, pad_token_id=0, bos_token_id=0, eos_token_id=0, **COMMON),
         "gemma": T.GemmaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
                                head_dim=16, intermediate_size=96, **COMMON),
+        # Gemma 3's shape: sliding-window and global layers alternating (the pattern survives a
+        # change of layer count), q/k norms, sandwich norms, 2 KV heads for 4 query heads,
+        # head_dim 32 wider than width / heads (64 / 4), scaled tied embeddings.
+        "gemma3": T.Gemma3TextConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                     num_key_value_heads=2, head_dim=32, intermediate_size=96, sliding_window=4,
+                                     sliding_window_pattern=2, **COMMON),
         "bert": T.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96,
                              **COMMON),
     }

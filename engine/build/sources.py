@@ -145,29 +145,27 @@ def _tokenizer_digest(folder: Path) -> str | None:
 
 
 def locate_folder(spec: str) -> tuple[str, Path]:
-    """The HF folder a source spec names (bundled GGUF → its safetensors conversion)."""
-    from engine.bundled import BUNDLED, bundled_path
-    from engine.loading import HUB_ID as _HUB_ID
+    """The HF folder a source spec names, resolved by the loader's own ``locate``.
 
-    if spec in BUNDLED:
-        path = bundled_path(spec)
-        if path.suffix == ".gguf":
-            from engine.gguf_cache import converted_folder
+    A GGUF (bundled or a path) is dequantised once into the conversion cache; later builds
+    only read its header. A hub id is found in, or downloaded into, the hub cache.
+    """
+    from engine.errors import ModelLoadError, ModelNotFoundError
+    from engine.loading import locate
 
-            # Dequantised once into the conversion cache; later builds only read its header.
-            return "bundled", converted_folder(path).resolve()
-        return "bundled", path
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SourceError(f"folder {path} has no config.json; name a Hugging Face model folder")
-        return "folder", path.resolve()
-    if path.exists():
-        raise SourceError(f"{path} is not a model folder; name a folder holding config.json and *.safetensors")
-    if _HUB_ID.match(spec) and not spec.startswith((".", "~", "/")):
+    try:
+        source = locate(spec)
+    except (ModelLoadError, ModelNotFoundError) as exc:
+        raise SourceError(str(exc)) from exc
+    if source.kind in ("bundled-gguf", "gguf") and source.file is not None:
+        from engine.gguf_cache import converted_folder
+
+        return ("bundled" if source.kind == "bundled-gguf" else "gguf"), converted_folder(source.file).resolve()
+    if source.kind in ("bundled-folder", "folder") and source.folder is not None:
+        return ("bundled" if source.kind == "bundled-folder" else "folder"), source.folder.resolve()
+    if source.kind == "hub":
         return "hub", _hub_folder(spec)
-    raise SourceError(f"no such model '{spec}': not a bundled name ({', '.join(BUNDLED)}), an existing folder, "
-                      "or a hub id")
+    raise SourceError(f"{source.path} is not a model folder; name a folder holding config.json and *.safetensors")
 
 
 def _hub_folder(spec: str) -> Path:
