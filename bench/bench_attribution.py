@@ -2,8 +2,10 @@
 
 For each timed method the ratio divides its wall time by one plain forward pass over the same
 corrupted prompts (same batch, same run, best of several). Targets from issue 16: AtP over
-every head, block and position ≤ 3; EAP-IG with K steps ≤ K + 2. With ``--check`` the
-script also patches every head exactly and prints Spearman ρ and top-10 recall per method.
+every head, block and position ≤ 3; EAP-IG with K steps ≤ K + 2. It also prints each
+method's circuit faithfulness (the fraction of clean − corrupted its top-n heads and MLPs
+carry alone). With ``--check`` the script also patches every head exactly and prints
+Spearman ρ and top-10 recall per method.
 Run: ``.venv/bin/python bench/bench_attribution.py [--task capitals] [--pairs 1] [--steps 5] [--check]``.
 """
 
@@ -14,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -60,12 +63,16 @@ def main() -> None:
     print(f"{args.model} · task {args.task} · {job.n_total} pair(s) of {list(ids.shape)} tokens · "
           f"{torch.get_num_threads()} threads")
     print(f"plain forward pass: {forward * 1000:.1f} ms")
-    reports = {}
+    reports: dict[str, Any] = {}
     for method, steps, target in (("atp", 0, 3.0), ("eap", 0, None), ("eap-ig", args.steps, args.steps + 2.0)):
         seconds = best_of(args.repeats, lambda m=method, s=steps: reports.__setitem__(m, job.score(m, s)))
         goal = f"(target ≤ {target:g})" if target is not None else "(nodes and edges)"
         label = f"{method} K={steps}" if method == "eap-ig" else method
         print(f"{label:<12} {seconds * 1000:8.1f} ms  = {seconds / forward:5.2f} forward passes {goal}")
+    for method, report in reports.items():  # one batched pass each: the top-n heads and MLPs alone
+        faith = job.faithfulness(report)
+        curve = " ".join(f"{n}:{v:.2f}" for n, v in zip(faith.sizes, faith.recovered, strict=True))
+        print(f"{method:<7} circuit faithfulness (top-n recovered) {curve}")
     if args.check:
         start = time.perf_counter()
         job.score("atp")
@@ -75,7 +82,7 @@ def main() -> None:
         for method, report in reports.items():
             check = agreement("all heads", report.scores.heads.flatten().tolist(), exact, 10)
             print(f"{method:<7} Spearman ρ {check.spearman:.3f} · top-10 recall {check.recall:.2f}")
-        assert truth.n == loaded.anatomy.n_layers * loaded.anatomy.geometry.n_heads
+        assert truth.n == job.graph.n_layers * job.graph.n_heads
 
 
 if __name__ == "__main__":

@@ -134,6 +134,26 @@ def test_recheck_fills_the_top_nodes_and_agrees_on_a_linear_model(linear_job):
     assert head_check.recall == 1.0 and head_check.n == LAYERS * HEADS
 
 
+def test_circuit_faithfulness_on_a_linear_model(linear_job):
+    from engine.attribution.faithfulness import circuit_effects
+
+    report = linear_job.score("atp")
+    faith = linear_job.faithfulness(report, sizes=(1, 3, 100))
+    assert faith.sizes == [1, 3, LAYERS * (HEADS + 1)]  # a size past every component keeps them all
+    assert faith.recovered[-1] == pytest.approx(1.0, abs=1e-9)  # the whole model is the clean run
+    assert report.to_dict()["faithfulness"]["recovered"] == faith.recovered
+    # linear: a circuit of the last layer's heads and MLP carries exactly the embedding's paths through them,
+    # which are the EAP edge scores embed → last attention, last MLP and logits
+    edges = linear_job.score("eap").edges
+    last = [Node("head", LAYERS - 1, h) for h in range(HEADS)] + [Node("mlp", LAYERS - 1)]
+    carried = sum(circuit_effects(linear_job.model, linear_job.graph, linear_job.forward, group, passes.corrupt,
+                                  passes.corrupt_metric, [last, []], linear_job.n_total)[0]
+                  for group, passes in zip(linear_job.groups, linear_job.passes, strict=True))
+    paths = float(edges.scores[0, -3:].sum())
+    assert carried == pytest.approx(paths, abs=1e-9)
+    assert abs(paths) > 1e-3 and abs(paths - float(edges.scores[0, -1])) > 1e-3
+
+
 def test_tiny_llama_edges_sum_to_heads_and_ig_moves_toward_exact():
     from tests.tiny_models import tiny_model
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from engine.attribution.atp import CONVENTION, Forward, GroupPasses, NodeScores, gradient_passes, node_scores
 from engine.attribution.eap import EdgeScores, edge_scores
+from engine.attribution.faithfulness import DEFAULT_SIZES, Faithfulness, circuit_effects, ranked_components
 from engine.attribution.nodes import Graph, Node, all_nodes, graph_for
 from engine.attribution.recheck import Agreement, agreement, exact_effects
 from engine.attribution.report import METHODS, AttributionReport, ScoredNode
@@ -135,6 +136,24 @@ class Attributor:
         report.recheck = agreement(f"top {len(chosen)} nodes", [n.score for n in chosen], exact, None)
         return report.recheck
 
+    def faithfulness(self, report: AttributionReport, sizes: Sequence[int] = DEFAULT_SIZES,
+                     cancel: threading.Event | None = None) -> Faithfulness:
+        """Per n, the fraction of clean − corrupted the top-n heads and MLPs carry alone (the rest corrupted)."""
+        if not self.passes:
+            raise GarageError("score the nodes first: circuit faithfulness reuses the clean run")
+        ranked = ranked_components(self.graph, report.scores)
+        sizes = sorted({min(int(n), len(ranked)) for n in sizes if int(n) > 0})
+        sets = [ranked[:n] for n in sizes]
+        totals = [0.0] * len(sets)
+        for group, passes in zip(self.groups, self.passes, strict=True):
+            values = circuit_effects(self.model, self.graph, self.forward, group, passes.corrupt,
+                                     passes.corrupt_metric, sets, self.n_total, cancel=cancel)
+            totals = [total + value for total, value in zip(totals, values, strict=True)]
+        difference = report.clean_metric - report.corrupt_metric
+        recovered = [total / difference if difference else float("nan") for total in totals]
+        report.faithfulness = Faithfulness("heads and MLPs", sizes, recovered, difference)
+        return report.faithfulness
+
     def check_heads(self, report: AttributionReport, k: int = 10, progress: Progress | None = None,
                     cancel: threading.Event | None = None) -> Agreement:
         """Patch every head exactly: ρ and top-``k`` recall of the estimate over all heads."""
@@ -161,13 +180,15 @@ def attributor_for(loaded, pairs: list[PromptPair], task: str | None = None) -> 
 def attribute(loaded, pairs: list[PromptPair], *, method: str = "atp", ig_steps: int = DEFAULT_IG_STEPS,
               top: int = DEFAULT_TOP, check_heads: bool = False, task: str | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None) -> AttributionReport:
-    """Score every node of ``loaded`` for ``pairs``, then re-check the ``top`` nodes by exact patching."""
+    """Score every node of ``loaded`` for ``pairs``, then re-check the ``top`` nodes by exact patching
+    and measure the faithfulness of the top-n circuits."""
     if loaded.structure_only:
         raise GarageError(f"'{loaded.name}' is open structure-only (no weights); open it with weights to attribute")
     job = attributor_for(loaded, pairs, task)
     report = job.score(method, ig_steps, progress, cancel)
     if top > 0:
         job.recheck(report, top, progress, cancel)
+        job.faithfulness(report, cancel=cancel)  # one batched pass: the top-n circuits, n in DEFAULT_SIZES
     if check_heads:
         job.check_heads(report, progress=progress, cancel=cancel)
     return report

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.attribution.atp import NodeScores
 from engine.attribution.eap import EdgeScores, ScoredEdge
+from engine.attribution.faithfulness import Faithfulness
 from engine.attribution.nodes import Node
 from engine.attribution.recheck import Agreement
 
@@ -47,6 +48,7 @@ class AttributionReport:
     recheck: Agreement | None = None  # the top-k nodes, patched exactly
     head_check: Agreement | None = None  # every head, patched exactly (optional, slower)
     exact_heads: list[list[float]] | None = None
+    faithfulness: Faithfulness | None = None  # the top-n heads and MLPs patched together
     seconds: float = 0.0
 
     def top_nodes(self, n: int) -> list[ScoredNode]:
@@ -66,6 +68,7 @@ class AttributionReport:
             "clean_metric": self.clean_metric, "corrupt_metric": self.corrupt_metric, "seconds": self.seconds,
             "recheck": self.recheck.to_dict() if self.recheck else None,
             "head_check": self.head_check.to_dict() if self.head_check else None,
+            "faithfulness": self.faithfulness.to_dict() if self.faithfulness else None,
             "top_nodes": [n.to_dict() for n in self.top_nodes(top)],
             "top_edges": [{"source": e.source, "target": e.target, "score": e.score} for e in self.top_edges(top)],
             "heads": self.head_grid(), "attn": self.scores.attn.tolist(), "mlp": self.scores.mlp.tolist(),
@@ -89,6 +92,7 @@ def to_snapshot(report: AttributionReport):
         "ig_steps": report.ig_steps, "convention": report.convention, "pairs": report.n_pairs,
         "clean_metric": report.clean_metric, "corrupt_metric": report.corrupt_metric,
         "recheck": report.recheck.to_dict() if report.recheck else None,
+        "faithfulness": report.faithfulness.to_dict() if report.faithfulness else None,
         "checked_nodes": [n.to_dict() for n in checked], "interventions": [],
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 from tinydb import Query
 
 from engine.errors import StorageError
-from engine.parts.errors import CatalogCorruptError, PartIntegrityError, PartNameError, PartNotFoundError
+from engine.parts.errors import CatalogCorruptError, PartError, PartIntegrityError, PartNameError, PartNotFoundError
 from engine.parts.extract import (
     CheckpointIndex,
     params_of,
     read_part_file,
     serialize,
-    sha256_bytes,
     sha256_file,
     tensors_from_checkpoint,
     tensors_from_model,
 )
+from engine.parts.file_record import content_digest, content_digest_file, digest_matches, with_record
 from engine.parts.naming import check_name, default_name, part_file
 from engine.parts.record import PartRecord, VerifyResult
 from engine.parts.store import CATALOG_FILE, TABLE, locked, open_db, record_doc
@@ -100,7 +100,7 @@ class PartsBin:
     def _add(self, plan: PartPlan, tensors: dict[str, Tensor], source: dict[str, Any], name: str | None,
              tags: tuple[str, ...] | list[str], notes: str) -> PartRecord:
         _check_request(name, tags)
-        payload, _ = serialize(plan, tensors)
+        bare, _ = serialize(plan, tensors)
         with locked(self.parts_dir), open_db(self.parts_dir) as db:
             table = db.table(TABLE)
             final_name = name or _free_name(table, default_name(source["name"], plan.address))
@@ -110,12 +110,15 @@ class PartsBin:
             path = part_file(self.parts_dir, final_name)
             if path.exists():
                 raise PartNameError(f"{path} exists but is not in the catalog; move it away or choose another name")
+            created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            # the catalog record travels inside the file too, so `parts reindex` can recover all of it
+            payload = with_record(bare, {"source": source, "tags": sorted(set(tags)), "notes": notes,
+                                         "created_at": created})
             record = PartRecord(
                 name=final_name, kind=plan.kind, address=plan.address, source=source, family=plan.family,
                 model_type=plan.model_type, tensors=list(plan.tensors), dtype=_dtype(tensors),
-                params=params_of(tensors), sha256=sha256_bytes(payload), size_bytes=len(payload),
-                created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                file=path.name, config=plan.fragment, signature=plan.signature,
+                params=params_of(tensors), sha256=content_digest(payload), size_bytes=len(payload),
+                created_at=created, file=path.name, config=plan.fragment, signature=plan.signature,
                 tags=sorted(set(tags)), notes=notes, path=path,
             )
             atomic_write_bytes(path, payload)
@@ -194,6 +197,7 @@ class PartsBin:
 
     # --- changing -----------------------------------------------------------------------
     def _update(self, name: str, change) -> PartRecord:
+        """Change a record's tags or notes: the copy inside the part file first (atomic), then the catalog."""
         check_name(name)
         with locked(self.parts_dir), open_db(self.parts_dir) as db:
             table = db.table(TABLE)
@@ -202,8 +206,31 @@ class PartsBin:
                 raise PartNotFoundError(f"no part named '{name}' in the bin; `garage parts list` shows what is there")
             updated = dict(doc)
             change(updated)
-            table.update(updated, Query().name == name)
+            path = self.file_path(doc.get("file"), name)
+            old = self._checked_bytes(path, name, str(doc.get("sha256")))
+            new = with_record(old, updated)
+            updated["sha256"], updated["size_bytes"] = content_digest(new), len(new)
+            atomic_write_bytes(path, new)
+            try:
+                table.update(updated, Query().name == name)
+            except BaseException:
+                atomic_write_bytes(path, old)  # the file and the catalog never disagree
+                raise
         return PartRecord.from_dict(updated, self.parts_dir)
+
+    def _checked_bytes(self, path: Path, name: str, expected: str) -> bytes:
+        """A part file's bytes, refused when missing or no longer what the catalog says."""
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise PartIntegrityError(
+                f"part '{name}' has no file at {path}; remove it with `garage parts rm {name}`") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+        if not digest_matches(expected, payload):
+            raise PartIntegrityError(f"part file {path} was altered since extraction (sha256 differs); "
+                                     "re-extract it or remove it with `garage parts rm`")
+        return payload
 
     def tag(self, name: str, tag: str) -> PartRecord:
         _check_tag(tag)
@@ -270,7 +297,7 @@ class PartsBin:
             if not path.is_file():
                 results.append(VerifyResult(record.name, "missing", str(path), record.sha256))
                 continue
-            actual = sha256_file(path)
+            actual = _file_digest(path, record.sha256)
             status = "ok" if actual == record.sha256 else "altered"
             results.append(VerifyResult(record.name, status, str(path), record.sha256, actual))
         return results
@@ -284,17 +311,7 @@ class PartsBin:
     def load_tensors(self, name: str) -> dict[str, Tensor]:
         """The part's tensors, after checking the file still has its catalogued sha256."""
         record = self.get(name)
-        path = self.file_path(record.file, record.name)
-        try:
-            payload = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise PartIntegrityError(
-                f"part '{name}' has no file at {path}; remove it with `garage parts rm {name}`") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
-        if sha256_bytes(payload) != record.sha256:
-            raise PartIntegrityError(f"part file {path} was altered since extraction (sha256 differs); "
-                                     "re-extract it or remove it with `garage parts rm`")
+        payload = self._checked_bytes(self.file_path(record.file, record.name), name, record.sha256)
         tensors, _ = read_part_file(payload)
         return tensors
 
@@ -304,6 +321,17 @@ class PartsBin:
 
         record = self.get(name)
         return build_module(record.config, self.load_tensors(name), attn_implementation=attn_implementation)
+
+
+def _file_digest(path: Path, expected: str) -> str:
+    """The file's content digest; its whole-file sha256 when that is what the catalog holds (older parts)."""
+    whole = sha256_file(path)
+    if whole == expected:
+        return whole
+    try:
+        return content_digest_file(path)
+    except PartError:
+        return whole
 
 
 def _doc(record: PartRecord) -> dict[str, Any]:

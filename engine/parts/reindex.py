@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import GarageError
 from engine.parts.errors import CatalogCorruptError, PartError
-from engine.parts.extract import META_KEY, dtype_name, params_of, read_part_file, sha256_bytes
+from engine.parts.extract import META_KEY, dtype_name, params_of, read_part_file
+from engine.parts.file_record import content_digest, record_of
 from engine.parts.naming import check_name
 from engine.parts.plan import fit_signature
 from engine.parts.record import PartRecord, TensorEntry
@@ -39,33 +40,46 @@ def _record_from_file(path: Path, name: str) -> PartRecord:
         raise PartError(f"larger than {MAX_PART_FILE_BYTES:,} bytes")
     payload = path.read_bytes()
     tensors, meta = read_part_file(payload)
+    kept = record_of(header)  # the catalog record the bin wrote into the file (parts from before: none)
     try:
         entries = [TensorEntry.from_dict(doc) for doc in meta["tensors"]]
         fragment: dict[str, Any] = meta["fragment"]
         kind, address = meta["kind"], meta["address"]
         if not (isinstance(fragment, dict) and isinstance(kind, str) and isinstance(address, str)):
             raise TypeError("metadata fields of the wrong type")
+        lost: dict[str, Any] = {
+            "source": {"name": "reindexed", "path": None, "kind": "reindexed", "weights_path": None,
+                       "config_hash": meta.get("config_hash")},
+            "tags": ["reindexed"], "notes": "re-catalogued from its file; source name and path unknown",
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        record = kept if kept is not None and _valid_record(kept) else lost
         return PartRecord(
-            name=name, kind=kind, address=address,
-            source={"name": "reindexed", "path": None, "kind": "reindexed", "weights_path": None,
-                    "config_hash": meta.get("config_hash")},
+            name=name, kind=kind, address=address, source=dict(record["source"]),
             family=meta.get("family"), model_type=meta.get("model_type"), tensors=entries,
             dtype=str(meta.get("dtype") or dtype_name(tensors)), params=params_of(tensors),
-            sha256=sha256_bytes(payload), size_bytes=len(payload),
-            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            file=path.name, config=fragment,
-            signature=fit_signature(kind, entries, fragment),
-            tags=["reindexed"], notes="re-catalogued from its file; source name and path unknown", path=path,
+            sha256=content_digest(payload), size_bytes=len(payload), created_at=str(record["created_at"]),
+            file=path.name, config=fragment, signature=fit_signature(kind, entries, fragment),
+            tags=sorted(record["tags"]), notes=record["notes"], path=path,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PartError(f"its part metadata is damaged ({type(exc).__name__})") from exc
 
 
+def _valid_record(record: dict[str, Any]) -> bool:
+    """Whether a record read from a file has the catalog's types (a damaged one is ignored, not trusted)."""
+    source, tags = record.get("source"), record.get("tags")
+    return (isinstance(source, dict) and all(isinstance(source.get(key), (str, type(None)))
+                                             for key in ("name", "path", "kind", "weights_path", "config_hash"))
+            and isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)
+            and isinstance(record.get("notes"), str) and isinstance(record.get("created_at"), str))
+
+
 def reindex(bin_: PartsBin) -> list[PartRecord]:
     """Catalog part files that the catalog lacks (after a corrupted catalog was kept aside).
 
-    Each file carries its address, kind, tensors and config fragment; only the source's
-    name and path are lost, so those records say ``reindexed`` and get that tag.
+    Each file carries its address, kind, tensors and config fragment, and (parts written since
+    the record was kept inside the file) its source, tags, notes and creation time, all of
+    which come back. A file without a record gets source ``reindexed`` and that tag.
     """
     added = []
     with locked(bin_.parts_dir):

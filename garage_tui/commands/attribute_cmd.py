@@ -87,6 +87,11 @@ def _print(report, rows: int, out: str | None) -> None:
             recall = "" if check.recall is None else f", top-{check.k} recall {check.recall:.2f}"
             screen.print(f"exact re-check over {check.scope}: Spearman ρ {check.spearman:.3f}{recall}, "
                          f"mean |error| {check.mean_abs_error:.4f}", highlight=False)
+    if report.faithfulness is not None:
+        faith = report.faithfulness
+        shown = ", ".join(f"{n}: {value:.2f}" for n, value in zip(faith.sizes, faith.recovered, strict=True))
+        screen.print(f"circuit faithfulness (top-n {faith.scope} alone, the rest corrupted): {shown}",
+                     highlight=False)
     edges = report.top_edges(rows)
     if report.method != "atp" and report.edges is None:
         screen.print("edges: not available for this model's layout (its blocks' outputs pass through a norm)")
