@@ -95,3 +95,23 @@ def attach_head(layers: list[Any], hybrid_layer: int, head: int, part: str,
     target["heads"] = [*[m for m in target.get("heads", []) if m.get("head") != head], move]
     new_layers[index] = target
     return new_layers, index
+
+
+BAKE_HELP = "ablate-direction PART · steer PART STRENGTH [LAYER] · head-scale L3.H2 FACTOR"
+
+
+def bake_step(answer: str) -> dict[str, Any]:
+    """A ``finish:`` bake entry from the bench's one-line answer (``BAKE_HELP``); the recipe
+    check then judges it against the model and the parts bin like any recipe line."""
+    words = answer.split()
+    kind = words[0] if words else ""
+    if kind in ("ablate", "ablate-direction") and len(words) == 2:
+        return {"op": "bake", "kind": "ablate-direction", "part": words[1]}
+    if kind == "steer" and len(words) in (3, 4):
+        step: dict[str, Any] = {"op": "bake", "kind": "steer", "part": words[1], "strength": float(words[2])}
+        if len(words) == 4:
+            step["layer"] = int(words[3].removeprefix("L"))
+        return step
+    if kind == "head-scale" and len(words) == 3:
+        return {"op": "bake", "kind": "head-scale", "head": words[1], "factor": float(words[2])}
+    raise ValueError(f"write one of: {BAKE_HELP}")

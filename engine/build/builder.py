@@ -27,7 +27,7 @@ from engine.build.out_folder import check_out_folder
 from engine.build.plan import Plan, TensorPlan
 from engine.build.recipe import Recipe
 from engine.build.recipe_parse import dump_recipe
-from engine.build.sources import ST_DTYPES, TOKENIZER_FILES, Source, digest_sources, read_tensor
+from engine.build.sources import ST_DTYPES, TOKENIZER_FILES, Source, digest_sources, file_digest, read_tensor
 from engine.build.validate import ValidationReport, require_valid
 from engine.errors import StorageError
 from engine.storage import atomic_output_dir, sweep_stale_staging
@@ -48,13 +48,14 @@ class BuildResult:
     bytes_written: int
     seconds: float
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    finish: list[dict[str, Any]] = field(default_factory=list)  # one record per whole-model op applied
 
     def to_dict(self) -> dict[str, Any]:
         parameters = self.report.plan.param_count if self.report.plan is not None else None
         return {"out_dir": str(self.out_dir), "recipe": self.recipe.name, "shards": self.shards,
                 "tensors": self.tensors, "bytes": self.bytes_written, "seconds": round(self.seconds, 3),
                 "parameters": parameters, "layers": len(self.recipe.layers),
-                "warnings": [w.to_dict() for w in self.report.warnings]}
+                "warnings": [w.to_dict() for w in self.report.warnings], "finish": self.finish}
 
 
 def materialize(entry: TensorPlan, fetch: Fetch) -> Tensor:
@@ -167,6 +168,31 @@ def output_config_doc(plan: Plan) -> dict[str, Any]:
     return doc
 
 
+def finish_folder(folder: Path, recipe: Recipe, progress: Progress | None,
+                  cancel: threading.Event | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Apply the recipe's whole-model ops to the model assembled in ``folder`` and rewrite its
+    weights and config there; returns the new shard names and one provenance record per op."""
+    import transformers
+
+    from engine.build.model_ops import apply_steps
+    from engine.loading import _model_class
+
+    config = json.loads((folder / "config.json").read_text())
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        str(config.get("dtype") or "float32"), torch.float32)
+    model_config: Any = transformers.AutoConfig.from_pretrained(str(folder))
+    model = _model_class(model_config).from_pretrained(str(folder), dtype=dtype, trust_remote_code=False).eval()
+    model, records = apply_steps(model, recipe.finish, progress, cancel)
+    _check_cancel(cancel)
+    for old in [*folder.glob("model*.safetensors"), folder / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "generation_config.json").unlink(missing_ok=True)  # the source's copy is put back by the caller
+    shards = sorted(p.name for p in folder.glob("model*.safetensors"))
+    del model
+    return shards, records
+
+
 def resolved_sources(sources: dict[str, Source]) -> dict[str, Any]:
     digests = digest_sources(sources)
     return {alias: {**source.describe(), "weight_files": digests[alias]} for alias, source in sources.items()}
@@ -200,6 +226,9 @@ def build(
         shards, rows = write_shards(staging, plan, disk_fetch(sources), shard_bytes, progress, cancel)
         _check_cancel(cancel)
         (staging / "config.json").write_text(json.dumps(output_config_doc(plan), indent=2) + "\n")
+        finished: list[dict[str, Any]] = []
+        if recipe.finish:
+            shards, finished = finish_folder(staging, recipe, progress, cancel)
         for name in (*TOKENIZER_FILES, *EXTRA_FILES):
             if (embed_source.folder / name).is_file():
                 shutil.copyfile(embed_source.folder / name, staging / name)
@@ -211,11 +240,18 @@ def build(
         parts = parts_used(recipe)
         if parts:
             document["resolved"]["parts"] = parts
+        if finished:
+            document["resolved"]["finish"] = finished
         (staging / "recipe.yaml").write_text(dump_recipe(document))
         provenance = {"recipe": recipe.name, "sources": resolved, "parts": parts, "parameters": plan.param_count,
                       "tied_embeddings": plan.tied, "recomputed_config": plan.recomputed,
                       "warnings": [w.to_dict() for w in report.warnings], "tensors": rows}
+        if finished:
+            # the rows above are the assembled layers; the finish ops rewrote the weights after them
+            provenance["finish"] = finished
+            provenance["weights"] = {name: file_digest(staging / name) for name in shards}
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
         check_out_folder(target, overwrite)  # again: the folder may have changed during the build
-    return BuildResult(target, recipe, report, shards, len(rows), plan.total_bytes,
-                       time.perf_counter() - started, rows)
+    written = sum((target / name).stat().st_size for name in shards) if finished else plan.total_bytes
+    return BuildResult(target, recipe, report, shards, len(rows), written, time.perf_counter() - started, rows,
+                       finished)

@@ -119,11 +119,18 @@ def preview(
             _assign(layers[int(index_text)], rel, materialize(entry, fetch))
         elif entry.inputs[0][0] != recipe.base_alias or entry.op != "copy" or entry.transplants:
             _assign(hybrid, entry.name, materialize(entry, fetch))
+    extra: dict[str, Any] = {"recipe": recipe.to_dict(), "layer_origins": plan.layer_origins}
+    if recipe.finish:
+        from engine.build.model_ops import apply_steps
+
+        # the same whole-model ops the builder applies to the written folder, here in memory
+        hybrid, extra["finish"] = apply_steps(hybrid, recipe.finish, progress, cancel)
+        config = hybrid.config
     hybrid.eval()
     notify(progress, "ready", 1.0)
     embed = loaded[recipe.embed]
     return LoadedModel(
         name=f"{recipe.name} (preview)", source="preview", source_kind="preview", model=hybrid, config=config,
         tokenizer=embed.tokenizer, anatomy=build_anatomy(hybrid, config), device=base.device, dtype=base.dtype,
-        structure_only=False, extra={"recipe": recipe.to_dict(), "layer_origins": plan.layer_origins},
+        structure_only=False, extra=extra,
     )

@@ -116,6 +116,19 @@ class LayerSpec:
 
 
 @dataclass
+class FinishStep:
+    """One ``finish:`` entry (a whole-model op, ``engine.build.model_ops``): name, params, entry as written."""
+
+    op: str
+    params: dict[str, Any]
+    entry: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, **{key: value for key, value in self.entry.items() if key != "op"}}
+
+
+@dataclass
 class Recipe:
     """A parsed recipe; ``lines`` maps key paths (``layers[3].take``) to file lines."""
 
@@ -133,6 +146,7 @@ class Recipe:
     origin: str = "<text>"
     lines: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # shape problems found while parsing
+    finish: list[FinishStep] = field(default_factory=list)  # whole-model ops applied after the layers
 
     @property
     def base_alias(self) -> str:
@@ -168,4 +182,6 @@ class Recipe:
         if self.config:
             doc["config"] = dict(self.config)
         doc["layers"] = [layer.to_dict() for layer in self.layers]
+        if self.finish:
+            doc["finish"] = [step.to_dict() for step in self.finish]
         return doc

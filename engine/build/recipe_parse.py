@@ -17,6 +17,7 @@ from engine.build.ops import OPS, OpFieldError, blend_methods
 from engine.build.recipe import (
     COMPONENTS,
     RECIPE_VERSION,
+    FinishStep,
     HeadMove,
     LayerRef,
     LayerSpec,
@@ -28,7 +29,7 @@ from engine.build.recipe import (
 _LAYER_REF = re.compile(r"^(?P<alias>[A-Za-z_][\w\-]*)\.L(?P<start>\d+)(?:-(?P<stop>\d+))?$")
 _HEAD_REF = re.compile(r"^(?P<alias>[A-Za-z_][\w\-]*)\.L(?P<layer>\d+)\.(?:attn\.)?h(?P<head>\d+)$")
 TOP_KEYS = {"recipe_version", "name", "description", "sources", "base", "embed", "final_norm", "lm_head",
-            "layers", "config", "dtype"}
+            "layers", "config", "dtype", "finish"}
 LAYER_KEYS = {"take", "blend", "method", "weights", "t", "attn", "mlp", "norms", "heads"}
 
 
@@ -220,6 +221,33 @@ def _layers(recipe: Recipe, entries: Any) -> list[LayerSpec]:
     return specs
 
 
+def _finish(recipe: Recipe, entries: Any) -> list[FinishStep]:
+    """The ``finish:`` list of whole-model ops; a bad entry is one problem naming its field."""
+    from engine.build.model_ops import MAX_FINISH_STEPS, parse_step
+
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        recipe.problems.append(recipe.problem("finish", "finish wants a list of whole-model ops, e.g. "
+                                                        "[{op: widen, width: 960, seed: 0}]"))
+        return []
+    if len(entries) > MAX_FINISH_STEPS:
+        recipe.problems.append(recipe.problem("finish", f"{len(entries):,} finish ops, over the garage's limit of "
+                                                        f"{MAX_FINISH_STEPS}"))
+        return []
+    steps = []
+    for index, entry in enumerate(entries):
+        path = f"finish[{index}]"
+        try:
+            step = parse_step(entry)
+        except OpFieldError as exc:
+            recipe.problems.append(recipe.problem(f"{path}.{exc.field}" if exc.field else path, str(exc)))
+            continue
+        step.path = path
+        steps.append(step)
+    return steps
+
+
 def _relative_to_recipe(spec: str, origin: str) -> str:
     """A relative source path that exists beside the recipe file (and not in the working
     folder) is read relative to the recipe, so recipes can travel with their models."""
@@ -282,6 +310,7 @@ def load_recipe(path_or_text: str | Path | dict) -> Recipe:
     else:
         recipe.dtype = dtype
     recipe.layers = _layers(recipe, document.get("layers"))
+    recipe.finish = _finish(recipe, document.get("finish"))
     return recipe
 
 

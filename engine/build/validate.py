@@ -53,6 +53,8 @@ class ValidationReport:
                 "model_class": self.plan.model_class, "tied_embeddings": self.plan.tied,
                 "recomputed_config": self.plan.recomputed,
             })
+        if self.recipe.finish:
+            doc["finish"] = [step.to_dict() for step in self.recipe.finish]
         return doc
 
 
@@ -138,6 +140,10 @@ class Validator:
                                      "check that every source is a complete model of a supported family")
                 plan = None
             self.report.problems.extend(planner.problems)
+            if plan is not None and not self.report.problems and recipe.finish:
+                from engine.build.model_ops import check_steps
+
+                self.report.problems.extend(check_steps(recipe, plan.config.to_dict()))
             if plan is not None and not self.report.problems:
                 self.report.plan = plan
                 self.note_plan(plan)

@@ -152,8 +152,29 @@ def bake(loaded: Any, ops: list[BakeOp], output: str | Path) -> BakeResult:
     if not ops:
         raise FeatureError("nothing to bake; give at least one op")
     model = copy.deepcopy(loaded.model)
+    changed = bake_into(model, loaded.anatomy, ops)
+    target = Path(output).expanduser()
+    provenance: dict[str, Any] = {
+        "format": "garage-bake/1", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"name": loaded.name, "path": loaded.source, "config_hash": loaded.config_hash},
+        "ops": [op.to_dict() for op in ops], "changed": changed,
+    }
+    with atomic_output_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    del model
+    return BakeResult(target, provenance["ops"], changed)
+
+
+def bake_into(model: Any, anatomy: Any, ops: list[BakeOp]) -> list[str]:
+    """Apply ``ops`` to ``model`` in place (its config too); returns what changed.
+
+    ``anatomy`` is ``model``'s (or a same-shaped model's) part tree. The build bench's ``bake``
+    model op calls this on the assembled hybrid; ``bake`` calls it on a copy of an open model.
+    """
     config = model.config
-    anatomy = loaded.anatomy
     changed: list[str] = []
     for op in ops:
         if op.op not in BAKE_OPS:
@@ -170,16 +191,4 @@ def bake(loaded: Any, ops: list[BakeOp], output: str | Path) -> BakeResult:
             if op.layer is None or op.head is None:
                 raise FeatureError("scale_head needs a layer and a head")
             changed += _scale_head(model, anatomy, op.layer, op.head, op.factor)
-    target = Path(output).expanduser()
-    provenance: dict[str, Any] = {
-        "format": "garage-bake/1", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"name": loaded.name, "path": loaded.source, "config_hash": loaded.config_hash},
-        "ops": [op.to_dict() for op in ops], "changed": changed,
-    }
-    with atomic_output_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    del model
-    return BakeResult(target, provenance["ops"], changed)
+    return changed

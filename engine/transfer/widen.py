@@ -26,8 +26,8 @@ from torch import Tensor
 
 from engine.errors import GarageError
 
-__all__ = ["KnownMap", "WidenError", "WidenedModel", "load_widened", "random_orthogonal", "save_widened",
-           "widen_llama", "widened_loaded"]
+__all__ = ["KnownMap", "WidenError", "WidenedModel", "load_widened", "needs_mistral", "portable",
+           "random_orthogonal", "save_widened", "widen_llama", "widened_loaded"]
 
 
 class WidenError(GarageError):
@@ -98,12 +98,24 @@ def widen_llama(model: Any, width_to: int, seed: int = 0) -> WidenedModel:
     the same logits up to float rounding.
     """
     config, width_from = _check_llama(model, width_to)
-    source = {name: tensor.detach().to("cpu", torch.float64) for name, tensor in model.state_dict().items()}
-    if "lm_head.weight" not in source:
-        source["lm_head.weight"] = source["model.embed_tokens.weight"]
+    dtype = next(iter(model.parameters())).dtype
+    originals = {name: tensor.detach() for name, tensor in model.state_dict().items()
+                 if not name.endswith("rotary_emb.inv_freq")}
+    if "lm_head.weight" not in originals:
+        originals["lm_head.weight"] = originals["model.embed_tokens.weight"]
     rotation = random_orthogonal(width_from, seed)
     scale = math.sqrt(width_to / width_from)
     pad = width_to - width_from
+
+    # each tensor goes to float64 only while its own product is computed, and back to the model's
+    # dtype right after, so the peak is one model copy plus one matrix, not two float64 models
+    def f64(name: str) -> Tensor:
+        return originals[name].to("cpu", torch.float64)
+
+    state: dict[str, Tensor] = {}
+
+    def put(name: str, value: Tensor) -> None:
+        state[name] = value.to(dtype=dtype, copy=True).contiguous()  # a copy even at float64: no shared ones
 
     def write(matrix: Tensor) -> Tensor:
         # a matrix [d_A, in] whose output is added to the residual: out_B = s · pad(out_A @ Q)
@@ -113,33 +125,30 @@ def widen_llama(model: Any, width_to: int, seed: int = 0) -> WidenedModel:
         # a matrix [out, d_A] reading norm(h_A)·w; B's normed input is s · pad(n_A @ Q)
         return torch.nn.functional.pad((matrix * norm_weight.unsqueeze(0)) @ rotation / scale, (0, pad))
 
-    widened: dict[str, Tensor] = {}
-    for name, tensor in source.items():
-        if name.endswith("rotary_emb.inv_freq"):
-            continue
-        widened[name] = tensor
-    widened["model.embed_tokens.weight"] = torch.nn.functional.pad(scale * (source["model.embed_tokens.weight"]
-                                                                              @ rotation), (0, pad))
-    widened["lm_head.weight"] = read(source["lm_head.weight"], source["model.norm.weight"])
-    widened["model.norm.weight"] = torch.ones(width_to, dtype=torch.float64)
+    ones = torch.ones(width_to, dtype=torch.float64)
+    put("model.embed_tokens.weight", torch.nn.functional.pad(scale * (f64("model.embed_tokens.weight") @ rotation),
+                                                             (0, pad)))
+    put("lm_head.weight", read(f64("lm_head.weight"), f64("model.norm.weight")))
+    put("model.norm.weight", ones)
     for index in range(int(config.num_hidden_layers)):
         prefix = f"model.layers.{index}."
-        attn_norm = source[prefix + "input_layernorm.weight"]
-        mlp_norm = source[prefix + "post_attention_layernorm.weight"]
+        attn_norm = f64(prefix + "input_layernorm.weight")
+        mlp_norm = f64(prefix + "post_attention_layernorm.weight")
         for reader in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-            widened[prefix + reader + ".weight"] = read(source[prefix + reader + ".weight"], attn_norm)
+            put(prefix + reader + ".weight", read(f64(prefix + reader + ".weight"), attn_norm))
         for reader in ("mlp.gate_proj", "mlp.up_proj"):
-            widened[prefix + reader + ".weight"] = read(source[prefix + reader + ".weight"], mlp_norm)
+            put(prefix + reader + ".weight", read(f64(prefix + reader + ".weight"), mlp_norm))
         for writer in ("self_attn.o_proj", "mlp.down_proj"):
-            widened[prefix + writer + ".weight"] = write(source[prefix + writer + ".weight"])
-            bias = source.get(prefix + writer + ".bias")
-            if bias is not None:
-                widened[prefix + writer + ".bias"] = torch.nn.functional.pad(scale * (bias @ rotation), (0, pad))
-        widened[prefix + "input_layernorm.weight"] = torch.ones(width_to, dtype=torch.float64)
-        widened[prefix + "post_attention_layernorm.weight"] = torch.ones(width_to, dtype=torch.float64)
+            put(prefix + writer + ".weight", write(f64(prefix + writer + ".weight")))
+            if prefix + writer + ".bias" in originals:
+                put(prefix + writer + ".bias", torch.nn.functional.pad(scale * (f64(prefix + writer + ".bias")
+                                                                                 @ rotation), (0, pad)))
+        put(prefix + "input_layernorm.weight", ones)
+        put(prefix + "post_attention_layernorm.weight", ones)
+    for name in originals:
+        if name not in state:  # what the rotation does not touch (reader biases): copied as it is
+            put(name, f64(name))
 
-    dtype = next(iter(model.parameters())).dtype
-    state = {name: tensor.to(dtype).contiguous() for name, tensor in widened.items()}
     wide_config = type(config).from_dict(config.to_dict())
     wide_config.head_dim = int(getattr(config, "head_dim", None) or width_from // config.num_attention_heads)
     wide_config.hidden_size = width_to
@@ -147,16 +156,57 @@ def widen_llama(model: Any, width_to: int, seed: int = 0) -> WidenedModel:
     return WidenedModel(state, wide_config, KnownMap(rotation, scale, width_from, width_to), seed)
 
 
+def needs_mistral(config: Any, width_to: int) -> bool:
+    """Whether a widened Llama must be written as a Mistral to load from disk.
+
+    transformers' ``LlamaConfig`` refuses (on load) a hidden size that is not a multiple of the
+    head count — SmolLM2's 9 heads and the oracle's 960 — although the modelling code uses the
+    explicit ``head_dim``. ``MistralConfig`` has no such rule, and a Mistral with
+    ``sliding_window: null`` runs exactly Llama's computation (same tensor names); only Llama's
+    ``attention_bias``/``mlp_bias`` switches have no Mistral counterpart.
+    """
+    return width_to % int(config.num_attention_heads) != 0
+
+
+def portable(widened: WidenedModel) -> WidenedModel:
+    """``widened`` with a config plain transformers can load from a folder (see ``needs_mistral``)."""
+    config = widened.config
+    if not needs_mistral(config, int(config.hidden_size)):
+        return widened
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise WidenError(f"a {config.hidden_size}-wide model with {config.num_attention_heads} heads is written as "
+                         "a Mistral, which has no q/k/v/o or MLP biases; pick a width that is a multiple of "
+                         f"{config.num_attention_heads}")
+    import transformers
+
+    doc = config.to_dict()
+    for key in ("model_type", "architectures", "attention_bias", "mlp_bias", "pretraining_tp", "transformers_version"):
+        doc.pop(key, None)
+    mistral = transformers.MistralConfig(**{**doc, "sliding_window": None})
+    mistral.architectures = ["MistralForCausalLM"]
+    return WidenedModel(widened.state_dict, mistral, widened.known_map, widened.seed)
+
+
 def load_widened(widened: WidenedModel) -> Any:
     """Build the widened model as a plain ``transformers.LlamaForCausalLM`` in eval mode."""
     import transformers
 
-    model = transformers.LlamaForCausalLM(widened.config)
-    missing, unexpected = model.load_state_dict(widened.state_dict, strict=False)
+    model_class = transformers.MistralForCausalLM if widened.config.model_type == "mistral" else \
+        transformers.LlamaForCausalLM
+    with torch.device("meta"):  # every weight comes from the state dict: skip the random initialisation
+        model = model_class(widened.config)
+    missing, unexpected = model.load_state_dict(widened.state_dict, strict=False, assign=True)
     missing = [name for name in missing if not name.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
-        raise WidenError(f"widened weights do not fit LlamaForCausalLM (missing {missing[:3]}, unexpected "
+        raise WidenError(f"widened weights do not fit {model_class.__name__} (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); this is a bug in the widening op")
+    for name, module in list(model.named_modules()):
+        if name and type(module).__name__.endswith("RotaryEmbedding"):
+            # its inv_freq is a computed buffer, not a weight: make it again, off the meta device
+            model.set_submodule(name, type(module)(config=widened.config))
+    left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if left:
+        raise WidenError(f"widened model has no values for {left[:3]}; this is a bug in the widening op")
     dtype = next(iter(widened.state_dict.values())).dtype
     wide: Any = model  # transformers types .to() as a dtype-or-device overload mypy cannot pick
     return wide.to(dtype).eval()

@@ -33,6 +33,10 @@ def print_report(report, out) -> None:
         out.print(f"layers: {escape(shown)}", highlight=False)
         out.print(f"{plan.total_bytes / 1e6:.1f} MB to write; largest tensor {plan.largest_tensor_bytes / 1e6:.1f} MB; "
                   f"tied embeddings: {'yes' if plan.tied else 'no'}", highlight=False)
+        if report.recipe.finish:
+            steps = "; ".join(", ".join(f"{k}: {v}" for k, v in step.to_dict().items())
+                              for step in report.recipe.finish)
+            out.print(f"then whole-model ops: {escape(steps)} (sizes above are the assembled layers')", highlight=False)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -22,7 +22,16 @@ from textual.widgets import Static
 
 from garage_tui.controller import BuildReport, RecipeCheck, Workbench
 from garage_tui.messages import BuildRequested, FitsRequested, RecipeCheckRequested
-from garage_tui.recipe_steps import attach_head, readable_path, step_name, step_of_layer, step_text, take_range
+from garage_tui.recipe_steps import (
+    BAKE_HELP,
+    attach_head,
+    bake_step,
+    readable_path,
+    step_name,
+    step_of_layer,
+    step_text,
+    take_range,
+)
 from garage_tui.screens.ask import AskScreen
 from garage_tui.shipped import shipped_folder
 from garage_tui.widgets.lists import KeyTable
@@ -50,6 +59,7 @@ class BenchPane(Vertical):
         Binding("b", "add_blend", "Blend", id="bench.blend"),
         Binding("e", "edit_step", "Edit step", id="bench.edit"),
         Binding("p", "pick_part", "Part→head", id="bench.pick_part"),
+        Binding("a", "add_bake", "Bake", show=False, id="bench.bake"),  # in ? and the palette
         Binding("d", "delete_step", "Delete", id="bench.delete"),
         Binding("K", "move_step(-1)", "Move up", show=False, id="bench.move_up"),
         Binding("J", "move_step(1)", "Move down", show=False, id="bench.move_down"),
@@ -101,6 +111,8 @@ class BenchPane(Vertical):
         table.add_row("sources", Text(sources))
         for index, step in enumerate(recipe.get("layers") or []):
             table.add_row(step_name(index), Text(step_text(step)))
+        for index, step in enumerate(recipe.get("finish") or []):  # whole-model ops, after the layers
+            table.add_row(f"finish {index + 1}", Text(step_text(step)))
         if cursor is not None:
             table.move_cursor(row=cursor + 1)
         status.update(Text(f"recipe {recipe.get('name', '?')} · validating…"))
@@ -164,9 +176,11 @@ class BenchPane(Vertical):
         workbench = self.workbench
         if action == "new_recipe":
             return workbench.loaded is not None
-        if action in ("add_take", "add_blend", "write_recipe"):
+        if action in ("add_take", "add_blend", "write_recipe", "add_bake"):
             return self.recipe is not None
-        if action in ("edit_step", "delete_step", "move_step"):
+        if action == "delete_step":
+            return self.selected_step() is not None or self._selected_finish() is not None
+        if action in ("edit_step", "move_step"):
             return self.selected_step() is not None
         if action == "pick_part":
             return self.recipe is not None and workbench.has_parts_bin and workbench.loaded is not None
@@ -285,7 +299,38 @@ class BenchPane(Vertical):
 
         self._ask(f"Parts that fit hybrid L{layer}.attn.h{head}: {', '.join(names)}. Use:", names[0], use)
 
+    def action_add_bake(self) -> None:
+        """``a``: a bake step (a finish op) writing a direction part from the bin into the weights."""
+        names: list[str] = []
+        if self.workbench.has_parts_bin:
+            names = [record.name for record in self.workbench.parts_bin().list(kind="direction", keep_going=True)]
+        offered = f"; directions in the bin: {', '.join(names[:6])}" if names else "; the bin has no direction yet"
+
+        def add(answer: str) -> None:
+            step = bake_step(answer)
+            finish = [*(self.document.get("finish") or []), step]
+            row = len(self.document.get("layers") or []) + len(finish) - 1
+            self.set_recipe({**self.document, "finish": finish}, row)
+
+        self._ask(f"Bake into the weights ({BAKE_HELP}){offered}:",
+                  f"ablate-direction {names[0] if names else 'PART'}", add)
+
+    def _selected_finish(self) -> int | None:
+        """Index into ``finish`` of the highlighted row, if it is a finish step."""
+        table = self.query_one("#bench-steps", KeyTable)
+        if self.recipe is None or table.cursor_row is None:
+            return None
+        index = table.cursor_row - 1 - len(self.recipe.get("layers") or [])
+        return index if 0 <= index < len(self.recipe.get("finish") or []) else None
+
     def action_delete_step(self) -> None:
+        finish = self._selected_finish()
+        if finish is not None:
+            steps = [s for i, s in enumerate(self.document.get("finish") or []) if i != finish]
+            self.set_recipe({**self.document, "finish": steps} if steps else
+                            {k: v for k, v in self.document.items() if k != "finish"},
+                            len(self.document.get("layers") or []) + max(0, finish - 1))
+            return
         index = self.selected_step()
         if index is None:
             return
