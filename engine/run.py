@@ -62,6 +62,7 @@ def run(
     cache: object | None = None,
     use_cache: bool = False,
     history: bool = False,
+    grad: bool = False,
 ) -> RunOutput:
     """One forward pass of ``ids`` (``[B, T]``) under ``interventions``.
 
@@ -72,7 +73,9 @@ def run(
     runs a causal LM's head on the last position only. A padded batch passes its
     ``attention_mask``; mean ablation then leaves the pads out of its mean. ``use_cache``
     returns the KV cache in ``RunOutput.cache`` and ``cache`` continues from one (one
-    decoding step). Every hook is removed on the way out, also when the pass raises.
+    decoding step). ``grad`` runs with autograd on instead of inference mode, so a trained part
+    attached as an intervention (a blade) gets gradients through the frozen model. Every hook is
+    removed on the way out, also when the pass raises.
     """
     require_weights(loaded)
     check_cancel(cancel, "the forward pass")
@@ -85,8 +88,9 @@ def run(
             extra["cache"] = cache
         if last_logits_only:
             extra["logits_to_keep"] = 1
-    with torch.inference_mode(), hooked(loaded.model, loaded.anatomy, capture, interventions, cancel,
-                                        history, observers=observers, edits=edits, progress=progress) as tap:
+    autograd = torch.enable_grad() if grad else torch.inference_mode()
+    with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel,
+                          history, observers=observers, edits=edits, progress=progress) as tap:
         output = loaded.model(input_ids=ids, **extra)
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)

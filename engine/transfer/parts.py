@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from engine.parts import PartRecord, PartsBin
 from engine.parts.plan import PartPlan
 from engine.parts.record import TensorEntry
 from engine.transfer.fitting import StitchReport
+from engine.transfer.pairs import TransferError
 
-__all__ = ["STITCH_FORMAT", "report_document", "save_stitch"]
+if TYPE_CHECKING:
+    from engine.transfer.judge import TransferJudgement
+    from engine.transfer.stitch import Stitch
+
+__all__ = ["STITCH_FORMAT", "TRANSFER_METHOD", "StitchPart", "load_stitch", "report_document", "save_stitch",
+           "save_transferred"]
+
+TRANSFER_METHOD = "transfer"
 
 STITCH_FORMAT = "garage-stitch/1"
 
@@ -53,3 +62,76 @@ def save_stitch(bin_: PartsBin, loaded_a: Any, loaded_b: Any, report: StitchRepo
               "weights_path": str(loaded_a.weights_path) if loaded_a.weights_path else None,
               "config_hash": loaded_a.config_hash}
     return bin_.add_planned(plan, tensors, source, name, tags, notes)
+
+
+@dataclass
+class StitchPart:
+    """A stitch read back from the bin, with where and on what it was fitted."""
+
+    name: str
+    stitch: Stitch
+    address_a: str
+    address_b: str
+    alignment: str
+    text_digest: str
+    metrics: dict[str, Any]
+
+
+def load_stitch(bin_: PartsBin, name: str, loaded_a: Any | None = None, loaded_b: Any | None = None) -> StitchPart:
+    """A stitch part as a ``Stitch``; with models given, refuse it unless it was fitted between them."""
+    import torch
+
+    from engine.transfer.stitch import Stitch
+
+    record = bin_.get(name)
+    if record.kind != "stitch" or record.config.get("format") != STITCH_FORMAT:
+        raise TransferError(f"part '{name}' is a {record.kind}, not a stitch; `garage parts list --kind stitch` "
+                            "shows the stitches")
+    for role, loaded in (("model_a", loaded_a), ("model_b", loaded_b)):
+        made_for = record.config[role]
+        if loaded is not None and made_for.get("config_hash") != loaded.config_hash:
+            raise TransferError(f"stitch '{name}' was fitted with {made_for.get('name')} as {role[-1].upper()} "
+                                f"(config {str(made_for.get('config_hash'))[:8]}), not {loaded.name} (config "
+                                f"{str(loaded.config_hash)[:8]}); fit one between these models with `garage stitch`")
+    metrics = record.config["metrics"]
+    tensors = bin_.load_tensors(name)
+    kind = metrics["kind"]
+    if kind == "ae":
+        encoder_w, decoder_w = tensors["encoder.weight"], tensors["decoder.weight"]
+        encoder = torch.nn.Linear(encoder_w.shape[1], encoder_w.shape[0])
+        decoder = torch.nn.Linear(decoder_w.shape[1], decoder_w.shape[0])
+        with torch.no_grad():
+            for layer, key in ((encoder, "encoder"), (decoder, "decoder")):
+                layer.weight.copy_(tensors[f"{key}.weight"])
+                layer.bias.copy_(tensors[f"{key}.bias"])
+        x_scale, y_scale = (float(v) for v in tensors["scales"])
+        stitch = Stitch("ae", encoder_w.shape[1], decoder_w.shape[0], encoder=encoder.eval(), decoder=decoder.eval(),
+                        x_mean=tensors["x_mean"], x_scale=x_scale, y_mean=tensors["y_mean"], y_scale=y_scale,
+                        fit_pairs=int(metrics.get("fit_pairs") or 0))
+    else:
+        weight = tensors["weight"]
+        stitch = Stitch(kind, weight.shape[0], weight.shape[1], weight, tensors["bias"], rank=metrics.get("rank"),
+                        fit_pairs=int(metrics.get("fit_pairs") or 0))
+    return StitchPart(name, stitch, metrics["address_a"], metrics["address_b"], metrics["alignment"],
+                      metrics["text_digest"], metrics)
+
+
+def save_transferred(bin_: PartsBin, loaded_a: Any, loaded_b: Any, judgement: TransferJudgement, *,
+                     alignment: str, text_digest: str, stitch: dict[str, Any], name: str | None = None,
+                     tags: tuple[str, ...] | list[str] = (), notes: str = "") -> PartRecord:
+    """Catalog the mapped vector as a direction part of B, with both models, the stitch and the judged numbers.
+
+    It is an ordinary ``direction`` part (``garage direction run`` adds it), whose provenance
+    also keeps the calibrated strength range: multipliers of the stored vector where it worked.
+    """
+    from engine.features.parts import save_direction
+
+    provenance = {
+        "model_a": _model(loaded_a), "model_b": _model(loaded_b), "address_a": judgement.address_a,
+        "address_b": judgement.address_b, "alignment": alignment, "text_digest": text_digest, "stitch": stitch,
+        "task": judgement.task, "metrics": judgement.to_dict(), "strength_range": judgement.to_dict()["strength_range"],
+        "unit_strength": judgement.norm_native / judgement.norm_mapped,  # the strength giving B's native norm
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return save_direction(bin_, loaded_b, judgement.mapped_vector, judgement.address_b, method=TRANSFER_METHOD,
+                          provenance=provenance, name=name, tags=tags, notes=notes)
