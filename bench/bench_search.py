@@ -129,7 +129,8 @@ def main() -> None:
     kept = {int(layer["take"].rsplit(".L", 1)[1]) for layer in best.recipe["layers"]}
     dropped = sorted(set(range(LAYERS)) - kept)
     print(f"search ({args.optimiser}, seed {args.seed}, {args.max_tokens} tokens): best perplexity "
-          f"{best.perplexity:.3f} dropping {dropped} after {report.evaluated} evaluations ({elapsed:.0f} s)")
+          f"{best.perplexity:.3f} dropping {dropped} after {report.evaluated} evaluations ({elapsed:.0f} s)",
+          flush=True)
     if args.greedy:
         truth, truth_dropped, evaluations = greedy_truth(spec)
         gap = (best.perplexity - truth) / truth

@@ -28,10 +28,10 @@ def _rss_mb() -> float:
 
 def child(mode: str) -> None:
     import torch
-    from engine.analyzers._sites import run_with
 
     from engine.analyzers.importance import sample_text
     from engine.loading import open_model
+    from engine.run import run
     from engine.stats import every_layer_and_head, stream_stats
 
     loaded = open_model("smollm2-135m")
@@ -47,7 +47,7 @@ def child(mode: str) -> None:
     else:
         # the same information kept the usual way: each layer's output and all heads' z
         points = [f"L{i}.{p}" for i in range(loaded.anatomy.n_layers) for p in ("out", "attn.z")]
-        _, tap = run_with(loaded, ids, capture=points, last_logits_only=True)
+        tap = run(loaded, ids, capture=points, last_logits_only=True).tap
         kept_numbers = sum(tap[p].numel() for p in points)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -71,13 +71,15 @@ def resolve(anatomy: Anatomy, text: str) -> Target:
         match = pattern.match(address)
         if match:
             return resolve(anatomy, template.format(*match.groups()))
-    target = _resolve_hf_path(anatomy, address)
-    if target:
-        return target
+    # a part's point before HF module paths: the path search walks the whole tree, and hooking
+    # every head's z resolves 270 of these per block (the two namespaces never overlap)
     part_address, _, point = address.rpartition(".")
     part = anatomy.by_address.get(part_address)
     if part is not None and point in part.points:
         return Target(part, point)
+    target = _resolve_hf_path(anatomy, address)
+    if target:
+        return target
     _raise_out_of_range(anatomy, address)
     nearest = difflib.get_close_matches(address, all_addresses(anatomy), n=5, cutoff=0.6)
     hint = f"nearest valid: {', '.join(nearest)}" if nearest else "run `garage inspect MODEL` to list addresses"

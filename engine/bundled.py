@@ -7,7 +7,6 @@ conversion cache (atomically, and checked against that sha256).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -78,6 +77,8 @@ def _assembled(entry: BundledModel) -> Path:
         raise ModelNotFoundError(
             f"bundled model '{entry.short_name}' is missing a chunk ({exc}); run: {_install_hint(entry)}"
         ) from exc
+    import hashlib  # here, not at the top: the TUI's first frame imports DEFAULT_MODEL from this module
+
     digest = hashlib.sha256()
     with atomic_output_path(target) as tmp:  # a kill mid-join leaves only a hidden .tmp file
         with tmp.open("wb") as out:

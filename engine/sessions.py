@@ -54,6 +54,11 @@ class Session:
     theme: str | None = None
     title: str = ""
     notes: list[str] = field(default_factory=list)
+    # the build bench's last search: {"spec": path, "journal": path}, so it can be resumed later
+    search: dict[str, str] | None = None
+    # the app's own view state beyond the pane (free-form, the app validates what it reads), e.g.
+    # the tree's expanded nodes and a summary of the last prompt run; older files have none
+    ui: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         document = {"kind": KIND, "version": SESSION_VERSION}
@@ -82,6 +87,13 @@ def intervention_from_dict(document: dict[str, Any], loaded: Any = None) -> Inte
         raise SessionError(f"intervention {document!r} has no address; each needs e.g. \"address\": \"L10.attn.h3\"")
     if kind == "steer" and document.get("origin") is not None:
         return _steer_from_document(document, address, loaded)
+    if kind in ("features", "direction"):  # SAE splices and directions come back from the parts bin
+        from engine.features.restore import feature_intervention
+
+        try:
+            return _fitted(feature_intervention(document, loaded), loaded)
+        except GarageError as exc:
+            raise SessionError(f"{kind} edit on {address} cannot be restored: {exc}") from None
     restore = INTERVENTIONS.get(kind).restore if isinstance(kind, str) and kind in INTERVENTIONS else None
     if restore is not None:
         try:
@@ -91,7 +103,8 @@ def intervention_from_dict(document: dict[str, Any], loaded: Any = None) -> Inte
         return _fitted(item, loaded)
     raise SessionError(
         f"intervention '{kind}' on {address} carries a tensor that sessions do not store; "
-        "remove it from the session (ablate, scale and steers made from prompts restore)"
+        "remove it from the session (ablate, scale, steers made from prompts, and SAE or direction edits of "
+        "parts-bin parts restore)"
     )
 
 
@@ -144,9 +157,19 @@ def session_from_garage(garage: Garage, *, view: str | None = None, theme: str |
               for name, loaded in garage.models.items()]
     return Session(
         models=models, active=garage.active, prompt=garage.prompt, selected=garage.selected,
-        interventions=[item.to_dict() for item in garage.interventions], recipe=recipe,
+        interventions=[_stored(item) for item in garage.interventions], recipe=recipe,
         view=view, theme=theme, title=title,
     )
+
+
+def _stored(item: Intervention) -> dict[str, Any]:
+    """An intervention as session data; a feature/direction edit also records its part's sha256."""
+    document = item.to_dict()
+    if document.get("kind") in ("features", "direction"):
+        from engine.features.restore import with_part_digest
+
+        return with_part_digest(document)
+    return document
 
 
 def spec_of(loaded: Any) -> str:
@@ -218,7 +241,21 @@ def parse_session(document: Any, path: Path = Path("<session>")) -> Session:
              "'notes' must be a list of strings")
     return Session(models=models, active=document.get("active"), prompt=document.get("prompt", ""),
                    selected=document.get("selected"), interventions=list(interventions), recipe=recipe,
-                   view=view, theme=document.get("theme"), title=document.get("title", ""), notes=notes)
+                   view=view, theme=document.get("theme"), title=document.get("title", ""), notes=notes,
+                   search=_search_paths(document.get("search"), path), ui=_ui_state(document.get("ui"), path))
+
+
+def _ui_state(ui: Any, path: Path) -> dict[str, Any] | None:
+    _require(ui is None or isinstance(ui, dict), path, "'ui' must be null or an object")
+    return None if ui is None else dict(ui)
+
+
+def _search_paths(search: Any, path: Path) -> dict[str, str] | None:
+    """The session's search paths (spec and journal), checked to be two strings."""
+    _require(search is None or (isinstance(search, dict) and set(search) == {"spec", "journal"}
+                                and all(isinstance(v, str) for v in search.values())), path,
+             "'search' must be null or {\"spec\": path, \"journal\": path}")
+    return None if search is None else dict(search)
 
 
 def load_session(path: Path) -> Session:

@@ -10,11 +10,9 @@ ones whose process is gone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -60,6 +58,8 @@ def _staging_prefix(target: Path) -> str:
 
 def staging_path(target: Path, kind: str = "tmp") -> Path:
     """A fresh, unused staging name beside ``target`` (``kind`` is ``tmp`` or ``old``); nothing is created."""
+    import secrets  # here, not at the top: the TUI's first frame imports this module
+
     token = secrets.token_hex(4)
     return target.parent / f"{_staging_prefix(target)}{token}.garage.{kind}"
 
@@ -176,6 +176,8 @@ _RENAME_EXCHANGE = 2
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes  # here, not at the top: the TUI's first frame imports this module
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2

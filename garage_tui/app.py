@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from rich.text import Text
 from textual import on
@@ -19,11 +19,10 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Input, ProgressBar, Static
+from textual.widgets import ContentSwitcher, Input, Static
 from textual.worker import Worker, WorkerState
 
 from engine.bundled import DEFAULT_MODEL
-from engine.sessions import Session
 from garage_tui.controller import ABLATABLE, SCALABLE, STEERABLE, JobContext, Workbench, error_line
 from garage_tui.jobs import start_job
 from garage_tui.keymap import checked_keymap
@@ -49,18 +48,25 @@ from garage_tui.messages import (
     SteerComputed,
     StructureLoaded,
 )
-from garage_tui.screens.ask import AskScreen, ConfirmScreen
-from garage_tui.screens.steer import SteerRequest, SteerScreen
 from garage_tui.settings import Settings
-from garage_tui.themes import load_themes
+from garage_tui.themes import find_theme, load_themes
 from garage_tui.views import VIEWS, GarageFooter, View, pane_strip, session_view
-from garage_tui.widgets.attribution_view import AttributionView
-from garage_tui.widgets.bench_pane import BenchPane
-from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
-from garage_tui.widgets.features_view import FeaturesView
-from garage_tui.widgets.part_tree import PartTree
-from garage_tui.widgets.parts_pane import PartsPane
 from garage_tui.widgets.prompt_bar import PromptInput
+
+# The panes, their widgets (plotext charts, tables) and the modal screens are imported where they
+# are used: the first frame draws only the chrome, and the panes are mounted right after it.
+if TYPE_CHECKING:
+    from textual.widgets import ProgressBar
+
+    from engine.sessions import Session
+    from garage_tui.screens.search import SearchScreen
+    from garage_tui.screens.steer import SteerRequest
+    from garage_tui.widgets.attribution_view import AttributionView
+    from garage_tui.widgets.bench_pane import BenchPane
+    from garage_tui.widgets.diagnostics_pane import DiagnosticsPane
+    from garage_tui.widgets.features_view import FeaturesView
+    from garage_tui.widgets.part_tree import PartTree
+    from garage_tui.widgets.parts_pane import PartsPane
 
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 Handler = TypeVar("Handler", bound=Callable[..., None])
@@ -99,6 +105,8 @@ class GarageApp(App[None]):
         Binding("ctrl+t", "next_theme", "Theme", show=False, id="app.theme"),
         Binding("T", "attribute", "Attribution", show=False, id="app.attribution"),
         Binding("f", "features", "SAE features", show=False, id="app.features"),
+        Binding("S", "search", "Search", show=False, id="app.search"),
+        Binding("X", "transfer", "Transfer", show=False, id="app.transfer"),
     ]
 
     def __init__(self, engine: Any = None, parts_bin: Any = None, session: Session | None = None,
@@ -115,21 +123,44 @@ class GarageApp(App[None]):
         self.pane = "bay"
         self._startup_notes = list(startup_notes or [])
         self._garage_ready = False
-        themes, problems = load_themes()
-        self._startup_notes += problems
-        self.theme_names = [t.name for t in themes]
-        for loaded_theme in themes:
-            self.register_theme(loaded_theme)
+        self._panes_ready = False  # set once the panes are mounted behind the first frame
+        self._first_prompt = session.prompt if session is not None else DEFAULT_PROMPT
+        self._saved_report: dict[str, Any] | None = None  # a restored session's last run, until re-run
+        self._exit_after_mount: tuple[None, int, Any] | None = None
         wanted = theme or (session.theme if session and session.theme else None) or self.settings.theme
-        if wanted not in self.available_themes:
-            known = ", ".join(self.theme_names)
-            self._startup_notes.append(f"unknown theme '{wanted}'; using garage (themes: {known})")
-            wanted = "garage"
+        # the first frame needs only the theme it is drawn in; the others are read behind it
+        first = find_theme(wanted) if wanted not in self.available_themes else None
+        self.theme_names: list[str] = []
+        if first is not None:
+            self.register_theme(first)
+        elif wanted not in self.available_themes:
+            self._register_themes()
+            if wanted not in self.available_themes:
+                known = ", ".join(self.theme_names)
+                self._startup_notes.append(f"unknown theme '{wanted}'; using garage (themes: {known})")
+                wanted = "garage"
         self.theme = wanted
         if keymap:
             keymap, problems = checked_keymap(self, keymap)
             self._startup_notes.extend(problems)
             self.set_keymap(keymap)
+
+    def _register_themes(self) -> None:
+        """Every shipped and user theme (once); a broken file is one warning."""
+        if self.theme_names:
+            return
+        themes, problems = load_themes()
+        for problem in problems:
+            if self.is_running:
+                self.notify(problem, severity="warning")
+            else:
+                self._startup_notes.append(problem)
+        shown = self.get_theme(self.theme) if self.is_running else None
+        for loaded_theme in themes:
+            self.register_theme(loaded_theme)
+        self.theme_names = [t.name for t in themes] or ["garage"]
+        if shown is not None and self.get_theme(self.theme) != shown:
+            self.refresh_css()  # a user file overrides the theme the first frame was drawn in
 
     # ---- the workbench's state, read by tests and the palette ----------------------------------
     @property
@@ -158,37 +189,103 @@ class GarageApp(App[None]):
 
     @property
     def prompt_text(self) -> str:
+        if not self._panes_ready:
+            return self._first_prompt.strip()
         return self.query_one("#prompt", Input).value.strip()
 
     # ---- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
+        """The first frame: the chrome and a placeholder where the panes go.
+
+        The panes (tree, tables, plotext charts) and the progress bar are mounted by
+        ``_mount_panes`` right after this frame is painted: they have nothing to show before the
+        model's structure arrives, and building them first made the first frame ~2× slower.
+        """
         yield Static("", id="pane-strip")
-        with ContentSwitcher(initial="bay", id="panes"):
-            for view in VIEWS:
-                yield view.make(self.workbench)
+        with ContentSwitcher(initial="first-frame", id="panes"):
+            placeholder = Static(f"Opening {self._opening_spec()}…", id="first-frame", classes="pane")
+            placeholder.border_title = f"1 {VIEWS[0].title}"
+            yield placeholder
         with Horizontal(id="prompt-bar"):
             yield Static("prompt ", id="prompt-label")
-            yield PromptInput(DEFAULT_PROMPT, id="prompt")
+            # drawn as text in the first frame; the editable input replaces it with the panes
+            yield Static(Text(self._first_prompt), id="prompt-text")
         with Horizontal(id="status-bar"):
             yield Static("", id="status")
-            yield ProgressBar(total=100, show_eta=True, id="progress")
         yield GarageFooter()
 
     def on_mount(self) -> None:
-        for index, view in enumerate(VIEWS, start=1):
-            self.query_one(f"#{view.id}").border_title = f"{index} {view.title}"
-        self.query_one("#progress", ProgressBar).display = False
         session = self.pending_session
         if session is not None:
-            self.query_one("#prompt", Input).value = session.prompt
-            self.show_pane(session_view(session.view), focus=False)
+            self.pane = session_view(session.view)
         self._update_strip()
-        # the pane the session opens takes the keys, not the hidden bay behind it
-        self.pane_widget(self.pane).focus_main()
         for note in self._startup_notes:
             self.notify(note, severity="warning")
         self._garage_ready = True
-        self.call_after_refresh(self._start)
+        self.call_after_refresh(self._first_frame)
+
+    def _first_frame(self) -> None:
+        """Called once the first frame is painted (the start-up bench times this)."""
+        self.call_next(self._mount_panes)
+
+    async def _mount_panes(self) -> None:
+        """Build the panes behind the first frame, then open the model (``_start``)."""
+        from textual.widgets import ProgressBar
+
+        self._register_themes()
+        self.stylesheet.read(Path(__file__).with_name("panes.tcss"))
+        self.stylesheet.parse()  # only the new file: parsed sources are cached
+        switcher = self.query_one("#panes", ContentSwitcher)
+        panes = [view.make(self.workbench) for view in VIEWS]
+        for index, (view, pane) in enumerate(zip(VIEWS, panes, strict=True), start=1):
+            pane.border_title = f"{index} {view.title}"
+            pane.display = False
+        progress = ProgressBar(total=100, show_eta=True, id="progress")
+        progress.display = False
+        with self.batch_update():
+            await switcher.mount_all(panes)
+            await self.query_one("#status-bar").mount(progress)
+            await self.query_one("#prompt-bar").mount(PromptInput(self._first_prompt, id="prompt"))
+            await self.query("#first-frame, #prompt-text").remove()
+            self._panes_ready = True
+            self.show_pane(self.pane, focus=False)
+        if self._exit_after_mount is not None:
+            super().exit(*self._exit_after_mount)  # q (or ctrl+q) came while the panes were mounting
+            return
+        # the pane the session opens takes the keys, not the hidden bay behind it
+        self.pane_widget(self.pane).focus_main()
+        self._start()
+
+    def exit(self, result: None = None, return_code: int = 0, message: Any = None) -> None:
+        """Quit; while the panes are still mounting (a moment after the first frame), once they are.
+
+        Tearing the screen down under a pane that is mounting fails in its ``on_mount``.
+        """
+        if not self._panes_ready and self._garage_ready:
+            self._exit_after_mount = (result, return_code, message)
+            return
+        super().exit(result, return_code, message)
+
+    def _opening_spec(self) -> str:
+        session = self.pending_session
+        entry = session.active_entry if session else None
+        return entry.spec if entry else self.workbench.model_spec
+
+    # ---- the panes, found by id (their modules load after the first frame) --------------------
+    def part_tree(self) -> PartTree:
+        return cast("PartTree", self.query_one("#part-tree"))
+
+    def diagnostics_pane(self) -> DiagnosticsPane:
+        return cast("DiagnosticsPane", self.query_one("#diagnostics"))
+
+    def parts_pane(self) -> PartsPane:
+        return cast("PartsPane", self.query_one("#parts"))
+
+    def bench_pane(self) -> BenchPane:
+        return cast("BenchPane", self.query_one("#bench"))
+
+    def progress_bar(self) -> ProgressBar:
+        return cast("ProgressBar", self.query_one("#progress"))
 
     def notify(self, message: str, *, title: str = "", severity: Any = "information",
                timeout: float | None = None, markup: bool = True) -> None:
@@ -210,7 +307,7 @@ class GarageApp(App[None]):
     # ---- jobs -------------------------------------------------------------------------------
     def begin_job(self, job: str, text: str) -> None:
         self.workbench.job = job
-        bar = self.query_one("#progress", ProgressBar)
+        bar = self.progress_bar()
         bar.display = True
         bar.update(total=None, progress=0)
         self.set_status(text)
@@ -218,7 +315,7 @@ class GarageApp(App[None]):
 
     def end_job(self, text: str = "") -> None:
         self.workbench.job = None
-        self.query_one("#progress", ProgressBar).display = False
+        self.progress_bar().display = False
         self.set_status(text)
         self.refresh_bindings()
 
@@ -286,8 +383,10 @@ class GarageApp(App[None]):
         if session is None and self.garage.selected is None:
             self.garage.selected = "model"
         self.refresh_bay(rebuild=True)
+        if session is not None:
+            self._restore_view(session)
         if self.garage.selected:
-            self.query_one(PartTree).select_address(self.garage.selected)
+            self.part_tree().select_address(self.garage.selected)
         if self.has_weights and self.prompt_text and not restoring:
             self.action_run_prompt()
 
@@ -297,10 +396,25 @@ class GarageApp(App[None]):
         self.workbench.last_report = message.report
         self.end_job(f"ran “{message.report.prompt}”")
         self.refresh_bay()
-        self.query_one(DiagnosticsPane).show_report(message.report)
+        self.diagnostics_pane().show_report(message.report)
+        saved, self._saved_report = self._saved_report, None
+        if saved is not None:
+            from garage_tui.ui_state import differences
 
-    @on(PartTree.NodeHighlighted)
-    def _on_part_highlighted(self, event: PartTree.NodeHighlighted) -> None:
+            for problem in differences(saved, message.report):
+                self.notify(f"the restored run differs from the saved session: {problem}", severity="warning")
+
+    def _restore_view(self, session: Session) -> None:
+        """The session's tree expansion; its saved run is checked against the re-run when it lands."""
+        from garage_tui.ui_state import expanded_of, saved_report
+
+        self.part_tree().expand_addresses(expanded_of(session.ui))
+        self._saved_report = saved_report(session.ui)
+
+    # Named handlers (not ``@on``) for the widgets' own messages: ``@on`` would import each widget
+    # module (plotext charts, tables) when this module loads, before the first frame.
+    def on_tree_node_highlighted(self, event: PartTree.NodeHighlighted) -> None:
+        """The bay tree's cursor moved: that part is selected."""
         if self.garage is None or event.node.data is None:
             return
         self.garage.selected = event.node.data
@@ -313,7 +427,7 @@ class GarageApp(App[None]):
     @on(JobProgressed)
     @while_shown
     def _on_progress(self, message: JobProgressed) -> None:
-        bar = self.query_one("#progress", ProgressBar)
+        bar = self.progress_bar()
         if message.fraction is None:
             bar.update(total=None)
         else:
@@ -383,13 +497,13 @@ class GarageApp(App[None]):
     @while_shown
     def _on_attention(self, message: AttentionRead) -> None:
         self.end_job("attention ready")
-        self.query_one(DiagnosticsPane).show_attention(message.report)
+        self.diagnostics_pane().show_attention(message.report)
 
     @on(ImportanceRead)
     @while_shown
     def _on_importance(self, message: ImportanceRead) -> None:
         self.end_job("importance ready")
-        self.query_one(DiagnosticsPane).show_importance(message.report)
+        self.diagnostics_pane().show_importance(message.report)
 
     @on(PartsRequested)
     def _on_parts_requested(self, message: PartsRequested) -> None:
@@ -406,7 +520,7 @@ class GarageApp(App[None]):
     def _on_parts_changed(self, message: PartsChanged) -> None:
         if message.note:
             self.notify(message.note)
-        self.query_one(PartsPane).show_rows(message.rows)
+        self.parts_pane().show_rows(message.rows)
         self.refresh_bindings()
 
     @on(FitsRequested)
@@ -421,7 +535,7 @@ class GarageApp(App[None]):
     @on(FitsFound)
     @while_shown
     def _on_fits(self, message: FitsFound) -> None:
-        self.query_one(BenchPane).offer_parts(message.slot, message.index, message.names)
+        self.bench_pane().offer_parts(message.slot, message.index, message.names)
 
     @on(RecipeCheckRequested)
     def _on_check_requested(self, message: RecipeCheckRequested) -> None:
@@ -432,7 +546,7 @@ class GarageApp(App[None]):
     @on(RecipeChecked)
     @while_shown
     def _on_checked(self, message: RecipeChecked) -> None:
-        self.query_one(BenchPane).show_check(message.recipe, message.check)
+        self.bench_pane().show_check(message.recipe, message.check)
         self.refresh_bindings()
 
     @on(BuildRequested)
@@ -446,7 +560,7 @@ class GarageApp(App[None]):
     @on(BuildFinished)
     @while_shown
     def _on_built(self, message: BuildFinished) -> None:
-        self.query_one(BenchPane).show_build(message.report)
+        self.bench_pane().show_build(message.report)
         self.end_job(f"built {message.report.out_dir}")
         self.notify(f"built and evaluated {message.report.out_dir}")
 
@@ -454,6 +568,8 @@ class GarageApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only keys that work now show in the footer (and fire)."""
         part = self.selected_part
+        if action in ("show_pane", "open_session", "focus_prompt") and not self._panes_ready:
+            return False  # the panes are mounted a moment after the first frame
         if action == "run_prompt":
             return self.has_weights and self.job != "load"
         if action == "cancel_job":
@@ -470,6 +586,11 @@ class GarageApp(App[None]):
             return self.loaded is not None
         if action == "attribute":
             return self.has_weights
+        if action == "transfer":
+            return self.has_weights
+        if action == "search":
+            # the build bench's view: it searches the bench's recipe (or the open model's layers)
+            return self.pane == "bench" and self.loaded is not None
         if action == "features":
             return self.has_weights and self.workbench.has_parts_bin and part is not None
         if action == "extract_part":
@@ -568,6 +689,8 @@ class GarageApp(App[None]):
                       group="run", name="_compute_steer",
                   model_lock=self.workbench.model_lock)
 
+        from garage_tui.screens.steer import SteerScreen
+
         self.push_screen(SteerScreen(part.address, self.workbench.last_steer), start)
 
     @on(SteerComputed)
@@ -603,7 +726,9 @@ class GarageApp(App[None]):
                 self.notify(error_line(exc), severity="error")
                 return
             self.show_pane("bay")
-            self.query_one(PartTree).select_address(address)
+            self.part_tree().select_address(address)
+
+        from garage_tui.screens.ask import AskScreen
 
         self.push_screen(AskScreen("Go to part (e.g. L10.attn.h3):", placeholder="address"), go)
 
@@ -621,8 +746,7 @@ class GarageApp(App[None]):
 
         self.push_screen(AttributionScreen(self.workbench))
 
-    @on(AttributionView.NodeSelected)
-    def _on_node_selected(self, message: AttributionView.NodeSelected) -> None:
+    def on_attribution_view_node_selected(self, message: AttributionView.NodeSelected) -> None:
         from garage_tui.screens.attribution import AttributionScreen
 
         if isinstance(self.screen, AttributionScreen):
@@ -632,7 +756,29 @@ class GarageApp(App[None]):
             self.notify(f"{address} is not a part of {self.loaded.name}", severity="warning")
             return
         self.show_pane("bay")
-        self.query_one(PartTree).select_address(address)
+        self.part_tree().select_address(address)
+
+    def action_search(self) -> None:
+        """``S`` on the bench: the search view over the bench's recipe (Enter on a trial puts its recipe back)."""
+        from garage_tui.screens.search import SearchScreen
+
+        self.push_screen(SearchScreen(self.workbench, self.bench_pane().recipe))
+
+    def on_search_screen_recipe_chosen(self, message: SearchScreen.RecipeChosen) -> None:
+        """A search trial's recipe onto the bench (the search screen closes; its journal stays resumable)."""
+        from garage_tui.screens.search import SearchScreen
+
+        if isinstance(self.screen, SearchScreen):
+            self.pop_screen()
+        self.show_pane("bench")
+        self.bench_pane().set_recipe(message.recipe, cursor=0)
+        self.notify(f"trial {message.number}'s recipe is on the bench")
+
+    def action_transfer(self) -> None:
+        """``X``: the transfer view (model B, a stitch, the sweep heat map, the steer moved across, blades)."""
+        from garage_tui.screens.transfer import TransferScreen
+
+        self.push_screen(TransferScreen(self.workbench))
 
     def action_features(self) -> None:
         """``f``: the top features of the SAE that reads the selected part, for the prompt line's text."""
@@ -644,8 +790,7 @@ class GarageApp(App[None]):
             return
         self.push_screen(FeaturesScreen(self.workbench, self.selected_part.address, prompt))
 
-    @on(FeaturesView.FeatureChosen)
-    def _on_feature_chosen(self, message: FeaturesView.FeatureChosen) -> None:
+    def on_features_view_feature_chosen(self, message: FeaturesView.FeatureChosen) -> None:
         """Toggle ablating the chosen feature on the workbench's edits, then re-run (as ``a`` does)."""
         from garage_tui.screens.features import FeaturesScreen
 
@@ -685,6 +830,8 @@ class GarageApp(App[None]):
                 self.action_cancel_job()
                 self.exit()
 
+        from garage_tui.screens.ask import ConfirmScreen
+
         self.push_screen(ConfirmScreen(f"A {self.job} job is running. Quit anyway?"), answer)
 
     # ---- help and palette -------------------------------------------------------------------
@@ -707,7 +854,7 @@ class GarageApp(App[None]):
         """Apply ``session`` to the open model; True when its edits are still being rebuilt."""
         self.workbench.apply_session(session)
         self.session_title, self.session_notes = session.title, list(session.notes)
-        self.query_one(BenchPane).set_recipe(session.recipe)
+        self.bench_pane().set_recipe(session.recipe)
         if session.title or session.notes:
             self.notify("\n".join([session.title, *session.notes]).strip(), title="session", timeout=10)
         if not session.interventions:
@@ -742,9 +889,14 @@ class GarageApp(App[None]):
         return garage_home() / "sessions" / f"{stem}.json"
 
     def current_session(self) -> Session:
-        return cast(Session, self.workbench.current_session(
-            self.prompt_text, pane=self.pane, theme=self.theme, recipe=self.query_one(BenchPane).recipe,
+        from garage_tui.ui_state import ui_state
+
+        session = cast("Session", self.workbench.current_session(
+            self.prompt_text, pane=self.pane, theme=self.theme, recipe=self.bench_pane().recipe,
             title=self.session_title, notes=self.session_notes))
+        # the tree as the user left it and what the last run showed, not only the edits
+        session.ui = ui_state(self.part_tree().expanded_addresses(), self.last_report)
+        return session
 
     def action_save_session(self) -> None:
         def save(answer: str | None) -> None:
@@ -761,10 +913,13 @@ class GarageApp(App[None]):
             self.session_path = path
             self.notify(f"session saved to {path}")
 
+        from garage_tui.screens.ask import AskScreen
+
         self.push_screen(AskScreen("Save session to:", str(self.default_session_path())), save)
 
     def action_open_session(self) -> None:
         from engine.storage import garage_home
+        from garage_tui.screens.ask import AskScreen
 
         def restore(answer: str | None) -> None:
             if answer:

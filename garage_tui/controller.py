@@ -176,6 +176,10 @@ class Workbench:
         # each open model's fit plan (``engine.fit_plan.FitPlan``), or the one line saying why it has none;
         # the bay's model card plans in a worker and keeps the result here
         self.plans: dict[str, Any] = {}
+        # the bench's last search ({"spec": path, "journal": path}), saved with the session to resume it
+        self.search: dict[str, str] | None = None
+        # the transfer view's model B, addresses, kind and last stitch report, kept while the app runs
+        self.transfer: dict[str, Any] = {}
 
     # ---- state (UI thread) -------------------------------------------------------------------
     @property
@@ -281,6 +285,7 @@ class Workbench:
         self.garage.prompt = session.prompt
         self.garage.selected = session.selected if session.selected in self.loaded.anatomy.by_address else "model"
         self.garage.interventions = []
+        self.search = dict(session.search) if session.search else None
 
     def set_edits(self, interventions: list[Any]) -> None:
         self.garage.interventions = list(interventions)
@@ -294,6 +299,7 @@ class Workbench:
         self.garage.prompt = prompt
         session = session_from_garage(self.garage, view=pane, theme=theme, recipe=recipe, title=title)
         session.notes = list(notes or [])
+        session.search = dict(self.search) if self.search else None
         return session
 
     def structure_first(self, spec: str) -> bool:

@@ -7,12 +7,14 @@ passes makers so torch is imported only after the first frame, inside workers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.bundled import DEFAULT_MODEL
-from engine.sessions import Session, load_session
 from garage_tui.keymap import load_keymap
 from garage_tui.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from engine.sessions import Session
 
 
 def default_parts_bin() -> Any:
@@ -30,6 +32,8 @@ def build_app(engine: Any = None, parts_bin: Any = default_parts_bin, session: S
 
     session_path = None
     if isinstance(session, (str, Path)):
+        from engine.sessions import load_session
+
         session_path = Path(session).expanduser()
         session = load_session(session_path)
     settings = settings or load_settings()

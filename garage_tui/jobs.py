@@ -9,6 +9,7 @@ a cancel into ``JobCancelled`` and posts the result, so each job is a few lines 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from garage_tui.controller import JobContext
 from garage_tui.messages import JobCancelled, JobProgressed, job_stopped
 
 Compute = Callable[[JobContext], "Message | None"]
+# At most this many seconds between two progress reports of one job reach the UI thread.
+PROGRESS_INTERVAL = 0.1
 
 
 def run_job(host: MessagePump, job: str, compute: Compute, model_lock: threading.Lock | None = None) -> None:
@@ -42,16 +45,71 @@ def run_job(host: MessagePump, job: str, compute: Compute, model_lock: threading
             model_lock.release()
 
 
-def _compute_and_post(host: MessagePump, job: str, compute: Compute, worker: Any) -> None:
-    def progress(stage: str, fraction: float | None) -> None:
-        host.post_message(JobProgressed(job, stage, fraction))
+class ProgressThrottle:
+    """A job's progress callback that posts at most one ``JobProgressed`` per ``interval`` seconds.
 
+    Engines report at every layer of every pass (hundreds a second); posting each one flooded
+    the app's message queue, so on a busy machine a key pressed during a job (``q``) waited
+    behind the backlog until the job ended. Reports in between are folded into the latest one,
+    which a timer posts when the interval is up, so the bar never stays on a stale stage.
+    """
+
+    def __init__(self, post: Callable[[str, float | None], object], interval: float | None = None) -> None:
+        self._post = post
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self._lock = threading.Lock()
+        self._last = -self.interval
+        self._latest: tuple[str, float | None] | None = None
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        self.posted = 0  # how many reports went out (tests bound it)
+
+    def __call__(self, stage: str, fraction: float | None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            now = time.monotonic()
+            wait = self._last + self.interval - now
+            if wait > 0:
+                self._latest = (stage, fraction)
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last, self._latest = now, None
+            self.posted += 1
+        self._post(stage, fraction)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            latest, self._latest = self._latest, None
+            if latest is None or self._closed:
+                return
+            self._last = time.monotonic()
+            self.posted += 1
+        self._post(*latest)
+
+    def close(self) -> None:
+        """No report after this one: the job's result (or cancel) is about to be posted."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+def _compute_and_post(host: MessagePump, job: str, compute: Compute, worker: Any) -> None:
+    progress = ProgressThrottle(lambda stage, fraction: host.post_message(JobProgressed(job, stage, fraction)))
     context = JobContext(worker.cancelled_event, progress, host.post_message)
     try:
         result = compute(context)
     except Exception as exc:  # noqa: BLE001 - the one last-resort handler: every failure is one notification
+        progress.close()
         host.post_message(job_stopped(job, worker, exc))
         return
+    progress.close()
     if result is None or worker.is_cancelled:
         host.post_message(JobCancelled(job, worker))
         return

@@ -56,7 +56,9 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
     from garage_tui.screens.attribution import AttributionScreen
     from garage_tui.screens.features import FeaturesScreen
     from garage_tui.screens.help import HelpScreen
+    from garage_tui.screens.search import SearchScreen
     from garage_tui.screens.steer import SteerScreen
+    from garage_tui.screens.transfer import TransferScreen
     from garage_tui.widgets.attribution_view import AttributionView
     from garage_tui.widgets.bay_pane import BayPane
     from garage_tui.widgets.bench_pane import BenchPane
@@ -73,7 +75,8 @@ def _binding_sources(app: Any) -> list[tuple[str, Any]]:
             ("parts filter", FilterInput), ("build bench", BenchPane), ("every list", KeyTable),
             ("prompt", PromptInput), ("help", HelpScreen), ("confirm", ConfirmScreen), ("question", AskScreen),
             ("steer", SteerScreen), ("attribution", AttributionScreen), ("attribution", AttributionView),
-            ("features", FeaturesScreen), ("features", FeaturesView)]
+            ("features", FeaturesScreen), ("features", FeaturesView), ("search", SearchScreen),
+            ("transfer", TransferScreen)]
 
 
 def garage_bindings(app: Any) -> list[tuple[str, Any, str]]:
@@ -101,7 +104,7 @@ def palette_commands(app: Any) -> list[tuple[str, str, Any]]:
     owners = dict(_binding_sources(app))
     for where, binding, keys in garage_bindings(app):
         if where in ("help", "confirm", "question", "steer", "prompt", "part tree", "parts filter", "every list",
-                     "attribution", "features"):
+                     "attribution", "features", "search", "transfer"):
             continue
         action, owner = binding.action, owners.get(where)
         commands.append((f"{binding.description} ({where})", f"keys: {keys}",

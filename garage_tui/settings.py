@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.storage import atomic_write_text, garage_home
 
 
@@ -31,6 +29,8 @@ class Settings:
 
     def save(self) -> None:
         """Write atomically; the keymap lives in its own file, so only the theme changes here."""
+        import yaml  # only a save needs the writer; the first frame reads without it
+
         target = self.path or settings_path()
         document = {k: v for k, v in asdict(self).items() if k != "path"}
         atomic_write_text(target, yaml.safe_dump(document, sort_keys=True))

@@ -33,7 +33,10 @@ async def main():
     # a model path that does not exist: the app must still draw its first frame and say so
     app = build_app(None, None, None, model='/nonexistent/model/for/packaging')
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        for _ in range(400):  # the panes are mounted just after the first frame
+            await pilot.pause(0.05)
+            if app._panes_ready:
+                break
         painted = bool(app.screen.query('PartTree'))
         theme = app.theme
     return painted, theme

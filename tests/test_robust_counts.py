@@ -31,13 +31,13 @@ def test_count_and_finite_checks_name_their_limits():
 
 
 def test_histogram_bins_are_refused_before_the_counts_are_allocated():
-    from engine.stats import _DoublingHistogram
+    from engine.stats import StreamingStats
 
     started = time.perf_counter()
     with pytest.raises(LimitError, match="100,000,000"):
-        _DoublingHistogram(100_000_000)
+        StreamingStats(100_000_000)
     assert time.perf_counter() - started < 1.0
-    assert _DoublingHistogram(MAX_BINS).counts.numel() == MAX_BINS
+    assert len(StreamingStats(MAX_BINS).summary().hist_counts) == MAX_BINS
 
 
 @pytest.mark.slow

@@ -115,6 +115,24 @@ class PartTree(Tree[str]):
                 glyph = norm_glyph(norms[int(address[1:])], top)
             node.set_label(part_label(part, marks.get(address, []), glyph))
 
+    def expanded_addresses(self) -> list[str]:
+        """The parts whose nodes are open (the root is always open), in tree order (a session keeps them)."""
+        return [address for address, node in self.nodes_by_address.items()
+                if node is not self.root and node.is_expanded]
+
+    def expand_addresses(self, addresses: list[str]) -> list[str]:
+        """Open the nodes of ``addresses`` (and the path to each); returns the ones this model lacks."""
+        missing = []
+        for address in addresses:
+            node = self.nodes_by_address.get(address)
+            if node is None:
+                missing.append(address)
+                continue
+            while node is not None:
+                node.expand()
+                node = node.parent
+        return missing
+
     def select_address(self, address: str) -> bool:
         """Expand the path to ``address`` and put the cursor on it; False when unknown."""
         node = self.nodes_by_address.get(address)

@@ -1,0 +1,298 @@
+"""Statistics of a group of heads accumulated on the model's device, read by the host once.
+
+``GroupStats`` takes a site's value viewed as ``[rows, groups, width]`` (``groups`` heads of
+``width`` numbers each, or one group for a whole residual) and folds every group's moments,
+extrema, near-zero count, per-row L2 norms and histogram into small ``[groups]`` tensors with
+batched ops: no ``.item()``, no Python loop over heads or tokens, so the forward pass never
+waits for the host. ``summaries`` copies the accumulators to the host once, at the end.
+
+Moments, norms and bin indices are computed in float64 on one private copy of the value per
+call (the accumulators hold float64 too): a float32 pass would be cheaper but its mean and std
+drift by ~1e-7 relative, and the statistics promise float64 arithmetic over the model's values
+whatever its dtype (tests/test_dtypes.py). That copy and its scratch live in a ``Workspace`` of
+reusable buffers (shared by every ``GroupStats`` of one sweep), written with ``out=`` and in-place
+ops: a fresh multi-megabyte buffer per hook call makes glibc's growing mmap threshold fragment
+the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides. Moments are taken about a shift and corrected
+exactly, then merged across calls with Pébay's pairwise formulas, so feeding a tensor in
+pieces gives the same summary as feeding it whole.
+
+Histograms stay exact. Each group's bins have a power-of-two width ``w`` and start at a
+multiple of it, so a value's bin is ``floor(x / w) - low``: a power-of-two scaling and a floor,
+both exact in float64. A call picks the narrowest such width that holds its own finite range;
+merging two histograms picks the narrowest width that holds both ranges and is at least both
+widths, and every old bin then falls inside exactly one new bin. The counts always equal the
+full tensor's counts over the final edges, whatever order the pieces came in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engine.errors import GarageError
+
+NEAR_ZERO = 1e-3  # |x| at or below this counts toward sparsity
+# Widths never drop below 2^-RELATIVE_FLOOR of a group's largest |x|: bin indices then stay
+# below 2^45, so every index, offset and edge is an exact float64 integer (or multiple of w).
+RELATIVE_FLOOR = 45
+F64 = torch.float64
+
+
+def check_bins(bins: int) -> int:
+    """``bins`` if it is a usable histogram size (even, ≥ 2, within the limit), else a GarageError."""
+    if bins < 2 or bins % 2:
+        raise GarageError(f"histogram bins must be an even number ≥ 2, got {bins}")
+    from engine.limits import MAX_BINS, check_count
+
+    check_count(bins, "histogram bins", MAX_BINS)  # before the counts are allocated
+    return bins
+
+
+@dataclass
+class StatsSummary:
+    """One address's statistics over everything streamed into it."""
+
+    count: int
+    mean: float
+    std: float  # population standard deviation
+    rms: float
+    min: float
+    max: float
+    absmax: float
+    sparsity: float  # fraction of values with |x| ≤ NEAR_ZERO
+    kurtosis: float  # excess kurtosis: 0 for a Gaussian, large for heavy-tailed activations
+    token_l2: dict[str, float]  # per-token (last-dim vector) L2 norms: mean, std, min, max, count
+    hist_counts: list[int] = field(default_factory=list)
+    hist_edges: list[float] = field(default_factory=list)
+    address: str = ""
+    width: int = 0  # size of the last dimension (hidden, d_head, or key positions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address, "count": self.count, "width": self.width,
+            "mean": self.mean, "std": self.std, "rms": self.rms, "min": self.min, "max": self.max,
+            "absmax": self.absmax, "sparsity": self.sparsity, "kurtosis": self.kurtosis,
+            "token_l2": dict(self.token_l2),
+            "histogram": {"counts": list(self.hist_counts), "edges": list(self.hist_edges)},
+        }
+
+
+@dataclass
+class _Moments:
+    """Per-group count (shared, a host int), mean and central moment sums M2..M4 (float64)."""
+
+    count: int
+    mean: Tensor
+    m2: Tensor
+    m3: Tensor
+    m4: Tensor
+
+    def merge(self, other: _Moments) -> _Moments:
+        """Pébay's pairwise merge: the moments of both streams together."""
+        na, nb = float(self.count), float(other.count)  # floats: na·nb·(na² …) overflows an int64
+        n = na + nb
+        delta = other.mean - self.mean
+        d_n = delta / n
+        m2 = self.m2 + other.m2 + delta * d_n * (na * nb)
+        m3 = (self.m3 + other.m3 + delta * d_n * d_n * (na * nb * (na - nb))
+              + 3.0 * d_n * (na * other.m2 - nb * self.m2))
+        m4 = (self.m4 + other.m4 + delta * d_n ** 3 * (na * nb * (na * na - na * nb + nb * nb))
+              + 6.0 * d_n * d_n * (na * na * other.m2 + nb * nb * self.m2)
+              + 4.0 * d_n * (na * other.m3 - nb * self.m3))
+        return _Moments(self.count + other.count, self.mean + d_n * nb, m2, m3, m4)
+
+
+class Workspace:
+    """Reusable flat buffers, one per (role, dtype, device), grown when a bigger value comes.
+
+    ``take`` hands out a contiguous view of the first ``numel`` elements, so one buffer serves
+    every site of a sweep. Safe to share while updates run one after another (hooks of one
+    forward do); two updates in flight at once need two workspaces.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def take(self, role: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> Tensor:
+        """A ``shape`` view of the ``role`` buffer; its contents are whatever was left there."""
+        numel = math.prod(shape)
+        key = (role, dtype, device)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            self.buffers.pop(key, None)  # drop the old one first: both need not live at once
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[key] = buffer
+        return buffer[:numel].view(shape)
+
+
+def _moments(values: Tensor, scratch: Tensor | None = None,
+             square: Tensor | None = None) -> tuple[_Moments, Tensor]:
+    """Moments of ``values`` (``[rows, groups, width]``) per group: shifted sums, corrected exactly.
+
+    Each row's sums run over its contiguous last dimension, then over rows, all in float64.
+    Powers are taken in place in two buffers (fresh megabyte buffers cost page faults on
+    every call; ``scratch`` and ``square`` may be given, shaped like ``values``); the first,
+    free again on return, is handed back for the caller's reuse.
+    """
+    rows, _, width = values.shape
+    count = rows * width
+    shift = values.mean((0, 2), keepdim=True)  # any shift near the mean keeps the sums small
+    d = torch.sub(values, shift, out=scratch) if scratch is not None else values - shift
+    s1 = d.sum(-1).sum(0)
+    d2 = torch.square(d, out=square) if square is not None else d.square()
+    s2 = d2.sum(-1).sum(0)
+    s3 = d.mul_(d2).sum(-1).sum(0)
+    s4 = d2.square_().sum(-1).sum(0)
+    delta = s1 / count  # the true mean minus the shift
+    m2 = s2 - count * delta * delta
+    m3 = s3 - 3.0 * delta * s2 + 2.0 * count * delta ** 3
+    m4 = s4 - 4.0 * delta * s3 + 6.0 * delta * delta * s2 - 3.0 * count * delta ** 4
+    return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4), d
+
+
+def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per group: the narrowest power-of-two width (≥ ``at_least``) whose ``bins`` aligned bins
+    hold ``[low, high]``, and the first bin's index (``floor(low / width)``)."""
+    absmax = torch.maximum(low.abs(), high.abs()).clamp_min(2.0 ** -1000)
+    floor = torch.exp2(torch.ceil(torch.log2(absmax)) - RELATIVE_FLOOR)
+    width = torch.maximum(torch.exp2(torch.ceil(torch.log2((high - low) / bins))), floor)
+    if at_least is not None:
+        width = torch.maximum(width, at_least)
+    for _ in range(2):  # a rounding hair or the alignment can need one or two doublings
+        width = torch.where(torch.floor(high / width) - torch.floor(low / width) >= bins, 2 * width, width)
+    return width, torch.floor(low / width)
+
+
+class GroupStats:
+    """Running statistics of ``groups`` groups of one site, kept as tensors on its device."""
+
+    def __init__(self, groups: int, bins: int = 64, *, near_zero: float = NEAR_ZERO,
+                 workspace: Workspace | None = None) -> None:
+        """``workspace``: scratch buffers to share with other groups updated one at a time
+        (one sweep's hooks); a private one when not given."""
+        self.groups = groups
+        self.workspace = workspace if workspace is not None else Workspace()
+        self.bins = check_bins(bins)
+        self.near_zero = near_zero
+        self.width = 0
+        self.moments: _Moments | None = None
+        self.norms: _Moments | None = None  # only mean and M2 are read
+        self.state: dict[str, Tensor] = {}
+
+    def update(self, grouped: Tensor) -> None:
+        """Fold ``grouped`` (``[rows, groups, width]``) in, without waiting for the device."""
+        raw = grouped.detach()
+        if raw.numel() == 0:
+            return
+        self.width = raw.shape[-1]
+        dims = (0, 2)
+        take = self.workspace.take
+        # private copy: the histogram reuses it in place at the end
+        values = take("values", raw.shape, F64, raw.device).copy_(raw)
+        moments, scratch = _moments(values, take("scratch", raw.shape, F64, raw.device),
+                                    take("square", raw.shape, F64, raw.device))
+        norms = values.norm(dim=-1)  # [rows, groups]: each token's vector per group
+        norm_moments, _ = _moments(norms.unsqueeze(-1))
+        # extremes over finite values place the histogram, as inf/NaN have no bin (they count in
+        # the moments, not the histogram); the scratch buffer takes each masked copy
+        finite_low = torch.nan_to_num(values, nan=math.inf, neginf=math.inf, out=scratch).amin(dims)
+        finite_high = torch.nan_to_num(values, nan=-math.inf, posinf=-math.inf, out=scratch).amax(dims)
+        chunk = {
+            "low": raw.amin(dims), "high": raw.amax(dims),
+            "finite_low": finite_low, "finite_high": finite_high,
+            "near_zero": torch.le(torch.abs(values, out=scratch), self.near_zero,
+                                  out=take("mask", raw.shape, torch.bool, raw.device)).sum(-1).sum(0),
+            "norm_low": norms.amin(0), "norm_high": norms.amax(0),
+        }
+        chunk.update(self._histogram(values, finite_low, finite_high, scratch))
+        if self.moments is None or self.norms is None:
+            self.moments, self.norms, self.state = moments, norm_moments, chunk
+            return
+        self.moments = self.moments.merge(moments)
+        self.norms = self.norms.merge(norm_moments)
+        self.state = self._merged(self.state, chunk)
+
+    def _histogram(self, values: Tensor, low: Tensor, high: Tensor, scratch: Tensor) -> dict[str, Tensor]:
+        """Bin counts of ``values`` (float64, a private copy this overwrites) per group; the
+        int32 slot numbers go into ``scratch``'s bytes (a free float64 buffer of the same size)."""
+        bins, groups = self.bins, self.groups
+        empty = low > high  # a group with no finite value
+        low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
+        width, first = _width_for(low, high, bins)
+        # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
+        # finite value lands inside its group's bins by construction, and what has no bin goes
+        # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
+        base = torch.arange(groups, device=values.device, dtype=F64) * (bins + 2) + 1
+        scale = (1.0 / width).view(1, groups, 1)
+        # floor before shifting: both terms are then exact integers, so the shift is exact too
+        index = values.mul_(scale).floor_().sub_((first - base).view(1, groups, 1))
+        last = groups * (bins + 2) - 1
+        # int32 slots (fewer bytes to write than int64; groups·(bins+2) is far below 2^31)
+        index.nan_to_num_(nan=0.0, posinf=float(last), neginf=0.0)
+        slot_of = scratch.view(-1).view(torch.int32)[:index.numel()].copy_(index.view(-1))  # floored: exact
+        # a fixed-size accumulate, not bincount: bincount sizes its output from the data's max,
+        # which on an accelerator waits for the device
+        slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=values.device)
+        one = torch.ones((), dtype=torch.int64, device=values.device)
+        slots.index_add_(0, slot_of, one.expand(slot_of.numel()))
+        counts = slots.view(groups, bins + 2)[:, 1:bins + 1]
+        return {"hist_width": width, "hist_first": first, "hist_counts": counts}
+
+    def _merged(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+        low = torch.minimum(a["finite_low"], b["finite_low"])
+        high = torch.maximum(a["finite_high"], b["finite_high"])
+        empty = low > high
+        width, first = _width_for(torch.where(empty, 0.0, low), torch.where(empty, 0.0, high), self.bins,
+                                  torch.maximum(a["hist_width"], b["hist_width"]))
+        counts = torch.zeros_like(a["hist_counts"])
+        steps = torch.arange(self.bins, device=width.device, dtype=F64)
+        for part in (a, b):
+            # each old bin starts at (first + k) w_old and lies inside new bin floor(start / w_new)
+            ratio = (width / part["hist_width"]).unsqueeze(1)
+            index = torch.floor((part["hist_first"].unsqueeze(1) + steps) / ratio) - first.unsqueeze(1)
+            counts.scatter_add_(1, index.clamp_(0, self.bins - 1).long(), part["hist_counts"])
+        return {
+            "low": torch.minimum(a["low"], b["low"]), "high": torch.maximum(a["high"], b["high"]),
+            "finite_low": low, "finite_high": high, "near_zero": a["near_zero"] + b["near_zero"],
+            "norm_low": torch.minimum(a["norm_low"], b["norm_low"]),
+            "norm_high": torch.maximum(a["norm_high"], b["norm_high"]),
+            "hist_width": width, "hist_first": first, "hist_counts": counts,
+        }
+
+    def summaries(self, names: Mapping[int, str]) -> dict[str, StatsSummary]:
+        """The summary of each group named in ``names`` (``{group: address}``), read from the
+        device in one copy."""
+        if self.moments is None or self.norms is None:  # nothing streamed in
+            zero_norms = {"mean": 0.0, "std": 0.0, "count": 0, "min": 0.0, "max": 0.0}
+            return {address: StatsSummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, dict(zero_norms), [0] * self.bins,
+                                          [0.0] * (self.bins + 1), address, self.width) for address in names.values()}
+        m, norms, s = self.moments, self.norms, self.state
+        floats = torch.stack([m.mean, m.m2, m.m3, m.m4, norms.mean, norms.m2, s["low"].to(F64), s["high"].to(F64),
+                              s["near_zero"].to(F64), s["norm_low"].to(F64), s["norm_high"].to(F64),
+                              s["hist_width"], s["hist_first"]], dim=1).cpu().tolist()
+        counts = s["hist_counts"].cpu().tolist()
+        return {address: self._summary(address, floats[g], counts[g], m.count, norms.count)
+                for g, address in names.items()}
+
+    def _summary(self, address: str, row: list[float], counts: list[int], n: int, rows: int) -> StatsSummary:
+        mean, m2, _m3, m4, norm_mean, norm_m2, low, high, near_zero, norm_low, norm_high, width, first = row
+        kurtosis = n * m4 / (m2 * m2) - 3.0 if m2 > 0 else 0.0
+        return StatsSummary(
+            count=n, mean=mean, std=_sqrt(m2 / n), rms=_sqrt((m2 + n * mean * mean) / n),
+            min=low, max=high, absmax=max(abs(low), abs(high)), sparsity=near_zero / n, kurtosis=kurtosis,
+            token_l2={"mean": norm_mean, "std": _sqrt(norm_m2 / rows), "count": rows,
+                      "min": norm_low, "max": norm_high},
+            hist_counts=[int(c) for c in counts], hist_edges=[(first + k) * width for k in range(self.bins + 1)],
+            address=address, width=self.width,
+        )
+
+
+def _sqrt(value: float) -> float:
+    """Square root that passes inf/NaN through and reads a rounding-negative variance as 0."""
+    return math.sqrt(value) if value >= 0 else (value if math.isnan(value) else 0.0)

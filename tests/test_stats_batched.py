@@ -1,0 +1,150 @@
+"""Batched per-head statistics: one op per layer, no host sync in the forward pass, exact histograms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.stats import StreamingStats, every_layer_and_head, stream_stats
+from engine.stats_device import GroupStats
+
+
+def _heavy_tailed(rows: int = 96, heads: int = 5, width: int = 12) -> torch.Tensor:
+    torch.manual_seed(3)
+    values = torch.randn(rows, heads, width) * torch.tensor([0.01, 1.0, 30.0, 1e-4, 5.0]).view(1, heads, 1)
+    values[::7, 1] *= 40.0  # outliers in one head
+    values[:, 3, :4] = 0.0  # exact zeros: sparsity
+    values[5, 4, 0] = -1e-30  # a tiny negative next to the zero edge
+    return values
+
+
+def _reference_counts(edges: list[float], values: torch.Tensor) -> list[int]:
+    bounds = torch.tensor(edges, dtype=torch.float64)
+    index = torch.searchsorted(bounds, values.double().reshape(-1), right=True) - 1
+    return torch.bincount(index, minlength=len(edges) - 1).tolist()
+
+
+def test_all_heads_at_once_equal_each_head_alone():
+    values = _heavy_tailed()
+    batched = GroupStats(values.shape[1], 16)  # every head in one batched op
+    batched.update(values)
+    names = {head: f"h{head}" for head in range(values.shape[1])}
+    got = batched.summaries(names)
+    for head, name in names.items():
+        alone = StreamingStats(16, name)  # the float64 reference, one head at a time
+        alone.update(values[:, head])
+        want, summary = alone.summary(), got[name]
+        assert summary.count == want.count == values.shape[0] * values.shape[2]
+        for field in ("mean", "std", "rms", "min", "max", "absmax", "sparsity", "kurtosis"):
+            assert math.isclose(getattr(summary, field), getattr(want, field), rel_tol=1e-12, abs_tol=1e-15), \
+                (name, field, getattr(summary, field), getattr(want, field))
+        for field in ("mean", "std", "min", "max"):
+            assert math.isclose(summary.token_l2[field], want.token_l2[field], rel_tol=1e-12), (name, field)
+        # exact, not close: the counts are the full head's counts over the edges in use
+        assert summary.hist_counts == _reference_counts(summary.hist_edges, values[:, head]), name
+        assert summary.hist_edges[0] <= want.min and want.max < summary.hist_edges[-1]
+    assert got["h3"].sparsity >= 4 / 12
+
+
+def test_pieces_in_any_order_keep_exact_counts():
+    values = _heavy_tailed()
+    whole = GroupStats(values.shape[1], 8)
+    whole.update(values)
+    names = {head: f"h{head}" for head in range(values.shape[1])}
+    want = whole.summaries(names)
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 0, 3, 1]):
+        pieces = GroupStats(values.shape[1], 8)
+        chunks = values.chunk(4)
+        for index in order:
+            pieces.update(chunks[index])
+        got = pieces.summaries(names)
+        for head, name in names.items():
+            assert got[name].hist_counts == _reference_counts(got[name].hist_edges, values[:, head])
+            assert sum(got[name].hist_counts) == values[:, head].numel()
+            width, whole_width = (s[name].hist_edges[1] - s[name].hist_edges[0] for s in (got, want))
+            assert width >= whole_width
+            assert math.isclose(got[name].kurtosis, want[name].kurtosis, rel_tol=1e-9, abs_tol=1e-12)
+            assert math.isclose(got[name].std, want[name].std, rel_tol=1e-12)
+
+
+def test_update_never_waits_for_the_host(monkeypatch):
+    """No .item()/.tolist()/bool()/float() inside update: the forward pass never syncs."""
+    values = _heavy_tailed()
+    stats = GroupStats(values.shape[1], 16)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the forward pass")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
+            patched.setattr(torch.Tensor, name, refuse)
+        stats.update(values[:40])
+        stats.update(values[40:])  # the merge path too
+    assert sum(stats.summaries({1: "h1"})["h1"].hist_counts) == 40 * 12 + 56 * 12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="sync debugging needs CUDA")
+def test_update_never_syncs_on_cuda():
+    values = _heavy_tailed().cuda()
+    stats = GroupStats(values.shape[1], 16)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats.update(values[:40])
+        stats.update(values[40:])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    summary = stats.summaries({2: "h2"})["h2"]
+    assert summary.hist_counts == _reference_counts(summary.hist_edges, values[:, 2].cpu())
+
+
+def test_non_finite_values_have_no_bin_and_leave_the_others_exact():
+    values = _heavy_tailed(rows=20)
+    values[3, 0, 1] = float("inf")
+    values[4, 0, 2] = float("-inf")
+    values[5, 0, 3] = float("nan")
+    stats = GroupStats(values.shape[1], 8)
+    stats.update(values)
+    summary = stats.summaries({0: "h0"})["h0"]
+    finite = values[:, 0][torch.isfinite(values[:, 0])]
+    assert summary.count == values[:, 0].numel() and sum(summary.hist_counts) == finite.numel()
+    assert summary.hist_counts == _reference_counts(summary.hist_edges, finite)
+    assert summary.hist_edges[0] <= float(finite.min()) and float(finite.max()) < summary.hist_edges[-1]
+
+
+@pytest.mark.slow
+def test_every_layer_and_head_is_one_update_per_layer_site(smollm2, monkeypatch):
+    calls: list[tuple[int, ...]] = []
+    update = GroupStats.update
+
+    def counted(self, grouped):
+        calls.append(tuple(grouped.shape))
+        update(self, grouped)
+
+    monkeypatch.setattr(GroupStats, "update", counted)
+    summaries = stream_stats(smollm2, "The garage door was open.", every_layer_and_head(smollm2), bins=16)
+    layers, heads = smollm2.anatomy.n_layers, smollm2.anatomy.geometry.n_heads
+    assert len(summaries) == layers * (1 + heads)
+    # one batched update for each layer's output and one for all of a layer's heads, not 300
+    assert len(calls) == 2 * layers
+    assert sum(1 for shape in calls if shape[1] == heads) == layers
+    head = summaries["L7.attn.h4.z"]
+    reference = StreamingStats(16)
+    from engine.capture import capture_prompt
+
+    z = capture_prompt(smollm2, "The garage door was open.", ["L7.attn.z"])[0]["L7.attn.z"]
+    d_head = z.shape[-1] // heads
+    reference.update(z[..., 4 * d_head:5 * d_head])
+    want = reference.summary()
+    assert math.isclose(head.kurtosis, want.kurtosis, rel_tol=1e-5) and head.count == want.count
+    assert head.hist_counts == _reference_counts(head.hist_edges, z[..., 4 * d_head:5 * d_head])
+
+
+def test_the_reference_accumulator_leaves_its_input_alone():
+    values = _heavy_tailed().double()
+    before = values.clone()
+    stats = StreamingStats(8)
+    stats.update(values)
+    assert torch.equal(values, before)  # the histogram's index math runs on its own copy
+    assert sum(stats.summary().hist_counts) == values.numel()
