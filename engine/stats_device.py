@@ -12,8 +12,9 @@ drift by ~1e-7 relative, and the statistics promise float64 arithmetic over the 
 whatever its dtype (tests/test_dtypes.py). That copy and its scratch live in a ``Workspace`` of
 reusable buffers (shared by every ``GroupStats`` of one sweep), written with ``out=`` and in-place
 ops: a fresh multi-megabyte buffer per hook call makes glibc's growing mmap threshold fragment
-the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides. Moments are taken about a shift and corrected
-exactly, then merged across calls with Pébay's pairwise formulas, so feeding a tensor in
+the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides. Beyond
+that copy, the work runs a chunk of rows at a time in small buffers. Moments are taken about a
+shift and corrected exactly, then merged across calls with Pébay's pairwise formulas, so feeding a tensor in
 pieces gives the same summary as feeding it whole.
 
 Histograms stay exact. Each group's bins have a power-of-two width ``w`` and start at a
@@ -41,6 +42,9 @@ NEAR_ZERO = 1e-3  # |x| at or below this counts toward sparsity
 # below 2^45, so every index, offset and edge is an exact float64 integer (or multiple of w).
 RELATIVE_FLOOR = 45
 F64 = torch.float64
+# numbers per row chunk of the per-call scratch work: big enough that the ops stay few, small
+# enough (2 MB of float64) that the scratch stays out of the way of the heap
+CHUNK = 1 << 18
 
 
 def check_bins(bins: int) -> int:
@@ -131,29 +135,40 @@ class Workspace:
         return buffer[:numel].view(shape)
 
 
-def _moments(values: Tensor, scratch: Tensor | None = None,
-             square: Tensor | None = None) -> tuple[_Moments, Tensor]:
+def _row_chunks(values: Tensor) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of about ``CHUNK`` numbers each (at least one row)."""
+    rows, groups, width = values.shape
+    step = max(1, CHUNK // max(1, groups * width))
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _moments(values: Tensor, workspace: Workspace | None = None) -> _Moments:
     """Moments of ``values`` (``[rows, groups, width]``) per group: shifted sums, corrected exactly.
 
     Each row's sums run over its contiguous last dimension, then over rows, all in float64.
-    Powers are taken in place in two buffers (fresh megabyte buffers cost page faults on
-    every call; ``scratch`` and ``square`` may be given, shaped like ``values``); the first,
-    free again on return, is handed back for the caller's reuse.
+    The powers are taken a chunk of rows at a time, in place in two of ``workspace``'s small
+    buffers; each row's sums land in ``[rows, groups]`` tensors summed over rows at the end, so
+    the arithmetic is the same as one pass over the whole tensor.
     """
-    rows, _, width = values.shape
+    rows, groups, width = values.shape
     count = rows * width
     shift = values.mean((0, 2), keepdim=True)  # any shift near the mean keeps the sums small
-    d = torch.sub(values, shift, out=scratch) if scratch is not None else values - shift
-    s1 = d.sum(-1).sum(0)
-    d2 = torch.square(d, out=square) if square is not None else d.square()
-    s2 = d2.sum(-1).sum(0)
-    s3 = d.mul_(d2).sum(-1).sum(0)
-    s4 = d2.square_().sum(-1).sum(0)
+    workspace = workspace if workspace is not None else Workspace()
+    row_sums = workspace.take("row_sums", (4, rows, groups), F64, values.device)
+    for start, stop in _row_chunks(values):
+        part = values[start:stop]
+        d = torch.sub(part, shift, out=workspace.take("d", part.shape, F64, values.device))
+        d2 = torch.square(d, out=workspace.take("d2", part.shape, F64, values.device))
+        torch.sum(d, -1, out=row_sums[0, start:stop])
+        torch.sum(d2, -1, out=row_sums[1, start:stop])
+        torch.sum(d.mul_(d2), -1, out=row_sums[2, start:stop])
+        torch.sum(d2.square_(), -1, out=row_sums[3, start:stop])
+    s1, s2, s3, s4 = (row_sums[k].sum(0) for k in range(4))
     delta = s1 / count  # the true mean minus the shift
     m2 = s2 - count * delta * delta
     m3 = s3 - 3.0 * delta * s2 + 2.0 * count * delta ** 3
     m4 = s4 - 4.0 * delta * s3 + 6.0 * delta * delta * s2 - 3.0 * count * delta ** 4
-    return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4), d
+    return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4)
 
 
 def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -192,25 +207,32 @@ class GroupStats:
             return
         self.width = raw.shape[-1]
         dims = (0, 2)
-        take = self.workspace.take
+        workspace, device = self.workspace, raw.device
         # private copy: the histogram reuses it in place at the end
-        values = take("values", raw.shape, F64, raw.device).copy_(raw)
-        moments, scratch = _moments(values, take("scratch", raw.shape, F64, raw.device),
-                                    take("square", raw.shape, F64, raw.device))
+        values = workspace.take("values", raw.shape, F64, device).copy_(raw)
+        moments = _moments(values, workspace)
         norms = values.norm(dim=-1)  # [rows, groups]: each token's vector per group
-        norm_moments, _ = _moments(norms.unsqueeze(-1))
+        norm_moments = _moments(norms.unsqueeze(-1), workspace)
         # extremes over finite values place the histogram, as inf/NaN have no bin (they count in
-        # the moments, not the histogram); the scratch buffer takes each masked copy
-        finite_low = torch.nan_to_num(values, nan=math.inf, neginf=math.inf, out=scratch).amin(dims)
-        finite_high = torch.nan_to_num(values, nan=-math.inf, posinf=-math.inf, out=scratch).amax(dims)
+        # the moments, not the histogram); min, max and counts merge exactly across row chunks
+        chunks = _row_chunks(values)
+        lows, highs, near = [], [], []
+        for start, stop in chunks:
+            part = values[start:stop]
+            masked = workspace.take("d", part.shape, F64, device)
+            lows.append(torch.nan_to_num(part, nan=math.inf, neginf=math.inf, out=masked).amin(dims))
+            highs.append(torch.nan_to_num(part, nan=-math.inf, posinf=-math.inf, out=masked).amax(dims))
+            small = torch.le(torch.abs(part, out=masked), self.near_zero,
+                             out=workspace.take("mask", part.shape, torch.bool, device))
+            near.append(small.sum(-1).sum(0))
+        finite_low, finite_high = torch.stack(lows).amin(0), torch.stack(highs).amax(0)
         chunk = {
             "low": raw.amin(dims), "high": raw.amax(dims),
             "finite_low": finite_low, "finite_high": finite_high,
-            "near_zero": torch.le(torch.abs(values, out=scratch), self.near_zero,
-                                  out=take("mask", raw.shape, torch.bool, raw.device)).sum(-1).sum(0),
+            "near_zero": torch.stack(near).sum(0),
             "norm_low": norms.amin(0), "norm_high": norms.amax(0),
         }
-        chunk.update(self._histogram(values, finite_low, finite_high, scratch))
+        chunk.update(self._histogram(values, finite_low, finite_high))
         if self.moments is None or self.norms is None:
             self.moments, self.norms, self.state = moments, norm_moments, chunk
             return
@@ -218,9 +240,9 @@ class GroupStats:
         self.norms = self.norms.merge(norm_moments)
         self.state = self._merged(self.state, chunk)
 
-    def _histogram(self, values: Tensor, low: Tensor, high: Tensor, scratch: Tensor) -> dict[str, Tensor]:
+    def _histogram(self, values: Tensor, low: Tensor, high: Tensor) -> dict[str, Tensor]:
         """Bin counts of ``values`` (float64, a private copy this overwrites) per group; the
-        int32 slot numbers go into ``scratch``'s bytes (a free float64 buffer of the same size)."""
+        int32 slot numbers of each row chunk go into a workspace buffer."""
         bins, groups = self.bins, self.groups
         empty = low > high  # a group with no finite value
         low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
@@ -235,12 +257,15 @@ class GroupStats:
         last = groups * (bins + 2) - 1
         # int32 slots (fewer bytes to write than int64; groups·(bins+2) is far below 2^31)
         index.nan_to_num_(nan=0.0, posinf=float(last), neginf=0.0)
-        slot_of = scratch.view(-1).view(torch.int32)[:index.numel()].copy_(index.view(-1))  # floored: exact
         # a fixed-size accumulate, not bincount: bincount sizes its output from the data's max,
         # which on an accelerator waits for the device
         slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=values.device)
         one = torch.ones((), dtype=torch.int64, device=values.device)
-        slots.index_add_(0, slot_of, one.expand(slot_of.numel()))
+        for start, stop in _row_chunks(index):
+            part = index[start:stop]
+            slot_of = self.workspace.take("slot_of", (part.numel(),), torch.int32, values.device)
+            slot_of.copy_(part.reshape(-1))  # floored: exact
+            slots.index_add_(0, slot_of, one.expand(slot_of.numel()))
         counts = slots.view(groups, bins + 2)[:, 1:bins + 1]
         return {"hist_width": width, "hist_first": first, "hist_counts": counts}
 

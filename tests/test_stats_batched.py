@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from engine import stats_device
 from engine.stats import StreamingStats, every_layer_and_head, stream_stats
-from engine.stats_device import GroupStats
+from engine.stats_device import GroupStats, Workspace
 
 
 def _heavy_tailed(rows: int = 96, heads: int = 5, width: int = 12) -> torch.Tensor:
@@ -148,3 +149,29 @@ def test_the_reference_accumulator_leaves_its_input_alone():
     stats.update(values)
     assert torch.equal(values, before)  # the histogram's index math runs on its own copy
     assert sum(stats.summary().hist_counts) == values.numel()
+
+
+def test_a_shared_workspace_gives_the_same_numbers_and_stops_allocating(monkeypatch):
+    # groups of one sweep share scratch buffers; stale contents from a bigger or smaller site,
+    # and row chunking, must not change a single bit of any summary
+    torch.manual_seed(5)
+    pieces = [(_heavy_tailed(96), 5), (torch.randn(40, 1, 30) * 3, 1), (_heavy_tailed(7), 5),
+              (torch.randn(300, 1, 30).to(torch.bfloat16), 1)]
+    alone = {5: GroupStats(5, 16), 1: GroupStats(1, 16)}  # private buffers, one chunk per update
+    for values, groups in pieces:
+        alone[groups].update(values)
+    monkeypatch.setattr(stats_device, "CHUNK", 500)  # several row chunks per update
+    workspace = Workspace()
+    shared = {5: GroupStats(5, 16, workspace=workspace), 1: GroupStats(1, 16, workspace=workspace)}
+    for values, groups in pieces:
+        shared[groups].update(values)
+    for groups in (5, 1):
+        names = {g: f"g{g}" for g in range(groups)}
+        got, want = shared[groups].summaries(names), alone[groups].summaries(names)
+        assert {k: s.to_dict() for k, s in got.items()} == {k: s.to_dict() for k, s in want.items()}
+    want_counts = _reference_counts(got["g0"].hist_edges, torch.cat([p[0].double().reshape(-1) for p in pieces[1::2]]))
+    assert got["g0"].hist_counts == want_counts  # exact over the final edges
+    # once grown, the buffers are reused: a repeat of the biggest site allocates none
+    before = {key: buffer.data_ptr() for key, buffer in workspace.buffers.items()}
+    shared[5].update(_heavy_tailed(96))
+    assert {key: buffer.data_ptr() for key, buffer in workspace.buffers.items()} == before
