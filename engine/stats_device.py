@@ -174,7 +174,8 @@ def _moments(values: Tensor, workspace: Workspace | None = None) -> _Moments:
 def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per group: the narrowest power-of-two width (≥ ``at_least``) whose ``bins`` aligned bins
     hold ``[low, high]``, and the first bin's index (``floor(low / width)``)."""
-    absmax = torch.maximum(low.abs(), high.abs()).clamp_min(2.0 ** -1000)
+    # a floor of 2^-900, not less: a subnormal width would make 1/width inf and an all-zero group's 0·inf NaN
+    absmax = torch.maximum(low.abs(), high.abs()).clamp_min(2.0 ** -900)
     floor = torch.exp2(torch.ceil(torch.log2(absmax)) - RELATIVE_FLOOR)
     width = torch.maximum(torch.exp2(torch.ceil(torch.log2((high - low) / bins))), floor)
     if at_least is not None:

@@ -242,13 +242,16 @@ class GarageApp(App[None]):
             pane.display = False
         progress = ProgressBar(total=100, show_eta=True, id="progress")
         progress.display = False
-        with self.batch_update():
-            await switcher.mount_all(panes)
-            await self.query_one("#status-bar").mount(progress)
-            await self.query_one("#prompt-bar").mount(PromptInput(self._first_prompt, id="prompt"))
-            await self.query("#first-frame, #prompt-text").remove()
-            self._panes_ready = True
-            self.show_pane(self.pane, focus=False)
+        try:
+            with self.batch_update():
+                await switcher.mount_all(panes)
+                await self.query_one("#status-bar").mount(progress)
+                await self.query_one("#prompt-bar").mount(PromptInput(self._first_prompt, id="prompt"))
+                await self.query("#first-frame, #prompt-text").remove()
+                self._panes_ready = True
+                self.show_pane(self.pane, focus=False)
+        finally:
+            self._panes_ready = True  # a failed mount must not leave q and ctrl+q swallowed
         if self._exit_after_mount is not None:
             super().exit(*self._exit_after_mount)  # q (or ctrl+q) came while the panes were mounting
             return
@@ -568,7 +571,7 @@ class GarageApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only keys that work now show in the footer (and fire)."""
         part = self.selected_part
-        if action in ("show_pane", "open_session", "focus_prompt") and not self._panes_ready:
+        if action in ("show_pane", "open_session", "focus_prompt", "save_session") and not self._panes_ready:
             return False  # the panes are mounted a moment after the first frame
         if action == "run_prompt":
             return self.has_weights and self.job != "load"

@@ -79,7 +79,7 @@ class ProgressThrottle:
                 return
             self._last, self._latest = now, None
             self.posted += 1
-        self._post(stage, fraction)
+            self._post(stage, fraction)  # under the lock: close() cannot slip in before it
 
     def _flush(self) -> None:
         with self._lock:
@@ -89,7 +89,7 @@ class ProgressThrottle:
                 return
             self._last = time.monotonic()
             self.posted += 1
-        self._post(*latest)
+            self._post(*latest)  # under the lock: nothing is posted after close()
 
     def close(self) -> None:
         """No report after this one: the job's result (or cancel) is about to be posted."""

@@ -175,3 +175,16 @@ def test_a_shared_workspace_gives_the_same_numbers_and_stops_allocating(monkeypa
     before = {key: buffer.data_ptr() for key, buffer in workspace.buffers.items()}
     shared[5].update(_heavy_tailed(96))
     assert {key: buffer.data_ptr() for key, buffer in workspace.buffers.items()} == before
+
+
+def test_an_all_zero_group_counts_every_value_in_its_histogram():
+    """A zero-ablated head's z is all zeros: each of its values is in a bin, none lost to NaN."""
+    values = torch.randn(16, 3, 8)
+    values[:, 1] = 0.0
+    group = GroupStats(3, bins=8)
+    group.update(values)
+    summaries = group.summaries({0: "a", 1: "zeros", 2: "c"})
+    zeros = summaries["zeros"]
+    assert sum(zeros.hist_counts) == zeros.count == 16 * 8
+    assert zeros.hist_edges[0] <= 0.0 <= zeros.hist_edges[-1] and math.isfinite(zeros.hist_edges[-1])
+    assert sum(summaries["a"].hist_counts) == 16 * 8

@@ -175,13 +175,13 @@ def finish_folder(folder: Path, recipe: Recipe, progress: Progress | None,
     import transformers
 
     from engine.build.model_ops import apply_steps
-    from engine.loading import _model_class
+    from engine.loading import model_class
 
     config = json.loads((folder / "config.json").read_text())
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
         str(config.get("dtype") or "float32"), torch.float32)
     model_config: Any = transformers.AutoConfig.from_pretrained(str(folder))
-    model = _model_class(model_config).from_pretrained(str(folder), dtype=dtype, trust_remote_code=False).eval()
+    model = model_class(model_config).from_pretrained(str(folder), dtype=dtype, trust_remote_code=False).eval()
     model, records = apply_steps(model, recipe.finish, progress, cancel)
     _check_cancel(cancel)
     for old in [*folder.glob("model*.safetensors"), folder / "model.safetensors.index.json"]:

@@ -60,15 +60,18 @@ def _number(document: dict[str, Any], key: str, default: float) -> float:
 
 def _feature_edits(document: dict[str, Any]) -> list[Any]:
     from engine.features.attach import FeatureEdit
+    from engine.limits import check_count
 
     raw = document.get("edits") or []
     if not isinstance(raw, list):
         raise FeatureError(f"feature splice on {document.get('address')} has 'edits' that are not a list")
+    check_count(len(raw), "feature edits in one splice", 100_000)  # a session file is user input
     edits = []
     for item in raw:
         features = item.get("features") if isinstance(item, dict) else None
         if not isinstance(features, list) or not all(type(f) is int for f in features):
             raise FeatureError(f"feature edit {item!r} needs 'op' and a list of integer 'features'")
+        check_count(len(features), "features in one edit", 10_000_000)
         edits.append(FeatureEdit(str(item.get("op")), list(features), _number(item, "value", 0.0)))
     return edits
 

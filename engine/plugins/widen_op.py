@@ -84,7 +84,7 @@ def _apply(model: Any, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
               "seed": widened.seed, "rotation": "seeded Haar-random orthogonal (engine.transfer.widen)",
               "model_type": widened.config.model_type,
               "changed": ["every tensor (norms folded, residual rotated and padded)"]}
-    return load_widened(widened), record
+    return load_widened(widened).to(next(model.parameters()).device), record  # stay on the model's device
 
 
 register_model_op(ModelOp("widen", ("width", "seed"), _parse, _check, _apply))

@@ -163,34 +163,7 @@ def run_blade(part: BladePart, loaded_a: Any, loaded_b: Any, prompt: str, *, top
 def stitch_from_part(bin_: PartsBin, name: str, *, loaded_a: Any | None = None,
                      loaded_b: Any | None = None) -> tuple[Any, str, str]:
     """A stitch part (``garage stitch``) read back as a ``Stitch``, with its two addresses (models checked)."""
-    import torch
+    from engine.transfer.parts import load_stitch
 
-    from engine.transfer.stitch import Stitch
-
-    record = bin_.get(name)
-    if record.kind != "stitch":
-        raise TransferError(f"part '{name}' is a {record.kind}, not a stitch; `garage parts list --kind stitch` "
-                            "shows the stitches")
-    config = record.config
-    if loaded_a is not None:
-        _check(name, "A", config["model_a"], loaded_a)
-    if loaded_b is not None:
-        _check(name, "B", config["model_b"], loaded_b)
-    metrics = config["metrics"]
-    tensors = bin_.load_tensors(name)
-    kind = metrics["kind"]
-    if kind == "ae":
-        encoder_weight, decoder_weight = tensors["encoder.weight"], tensors["decoder.weight"]
-        encoder = torch.nn.Linear(encoder_weight.shape[1], encoder_weight.shape[0])
-        decoder = torch.nn.Linear(decoder_weight.shape[1], decoder_weight.shape[0])
-        encoder.load_state_dict({"weight": encoder_weight, "bias": tensors["encoder.bias"]})
-        decoder.load_state_dict({"weight": decoder_weight, "bias": tensors["decoder.bias"]})
-        scales = tensors["scales"].tolist()
-        stitch = Stitch("ae", encoder.in_features, decoder.out_features, encoder=encoder, decoder=decoder,
-                        x_mean=tensors["x_mean"], x_scale=float(scales[0]), y_mean=tensors["y_mean"],
-                        y_scale=float(scales[1]), fit_pairs=int(metrics.get("fit_pairs") or 0))
-    else:
-        weight = tensors["weight"]
-        stitch = Stitch(kind, weight.shape[0], weight.shape[1], weight, tensors["bias"], rank=metrics.get("rank"),
-                        fit_pairs=int(metrics.get("fit_pairs") or 0))
-    return stitch, metrics["address_a"], metrics["address_b"]
+    part = load_stitch(bin_, name, loaded_a, loaded_b)
+    return part.stitch, part.address_a, part.address_b

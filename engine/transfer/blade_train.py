@@ -52,6 +52,7 @@ class TrainSettings:
     def checked(self) -> TrainSettings:
         check_count(self.steps, "the blade's training steps", MAX_BLADE_STEPS, minimum=1)
         check_count(self.batch_size, "the blade's batch size", MAX_EPOCHS, minimum=1)
+        check_count(self.seed, "the blade's seed", 2**31 - 1)  # seed · 1,000,003 + step must fit an int64
         if not 0 < check_finite(self.lr, "the blade's learning rate") <= 10:
             raise TransferError(f"the blade's learning rate must be in (0, 10], got {self.lr}")
         return self
@@ -177,7 +178,7 @@ def evaluate_blade(loaded_b: Any, address_b: str, blade: Blade, data: BladeData,
                    seed: int = 0) -> BladeEval:
     """Task loss and accuracy with the blade, blade off, and the random blade of the same norm."""
     with torch.no_grad():
-        injected = blade(data.donor.rows).norm(dim=-1).mean()
+        injected = blade(data.donor.rows.to(blade.x_mean.device)).norm(dim=-1).mean()
         scale = float(blade.y_scale)
     return BladeEval(_score(loaded_b, data, address_b, blade, batch_size),
                      _score(loaded_b, data, address_b, None, batch_size),
@@ -240,6 +241,7 @@ def train_blade(loaded_b: Any, address_b: str, blade: Blade, data: BladeData, se
     """
     settings.checked()
     started = time.perf_counter()
+    blade.to(loaded_b.input_device)  # before Adam and a resumed state: the injection would move it mid-run
     optimiser = torch.optim.Adam(blade.parameters(), lr=settings.lr)
     step, losses = 0, list[float]()
     if checkpoint is not None and Path(checkpoint).is_file():

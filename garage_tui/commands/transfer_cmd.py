@@ -50,6 +50,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     random_count = check_count(args.random, "random control vectors", 64, minimum=1)
     chunks = check_count(args.neutral_chunks, "neutral text chunks", 64, minimum=1)
     check_count(len(args.alphas), "strengths", 32, minimum=1)
+    check_count(args.max_chars, "--max-chars", 10_000_000, minimum=1_000)  # a negative count would slice from the end
     bin_ = PartsBin()
     loaded_a = open_model(args.model_a, device=args.device, dtype=args.dtype)
     loaded_b = loaded_a if args.model_b == args.model_a else open_model(args.model_b, device=args.device,
