@@ -4,16 +4,19 @@
 ``width`` numbers each, or one group for a whole residual) and folds every group's moments,
 extrema, near-zero count, per-row L2 norms and histogram into small ``[groups]`` tensors with
 batched ops: no ``.item()``, no Python loop over heads or tokens, so the forward pass never
-waits for the host. ``summaries`` copies the accumulators to the host once, at the end.
+waits for an accelerator (on the CPU, where reading a flag waits for nothing, ``update`` reads
+one: whether every value is finite, which lets it skip the passes that set inf/NaN aside).
+``summaries`` copies the accumulators to the host once, at the end.
 
-Moments, norms and bin indices are computed in float64 on one private copy of the value per
-call (the accumulators hold float64 too): a float32 pass would be cheaper but its mean and std
-drift by ~1e-7 relative, and the statistics promise float64 arithmetic over the model's values
-whatever its dtype (tests/test_dtypes.py). That copy and its scratch live in a ``Workspace`` of
-reusable buffers (shared by every ``GroupStats`` of one sweep), written with ``out=`` and in-place
-ops: a fresh multi-megabyte buffer per hook call makes glibc's growing mmap threshold fragment
-the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides. Beyond
-that copy, the work runs a chunk of rows at a time in small buffers. Moments are taken about a
+Moments, norms and bin indices are computed in float64 (the accumulators hold float64 too): a
+float32 pass would be cheaper but its mean and std drift by ~1e-7 relative, and the statistics
+promise float64 arithmetic over the model's values whatever its dtype (tests/test_dtypes.py).
+The work runs in one pass of row chunks: each chunk is copied to float64 once and that copy
+serves the moments, norms, near-zero count and histogram while it is still in cache. The
+chunk and its scratch live in a ``Workspace`` of reusable buffers (shared by every
+``GroupStats`` of one sweep), written with ``out=`` and in-place ops: a fresh multi-megabyte
+buffer per hook call makes glibc's growing mmap threshold fragment the heap (hundreds of MB of
+peak RSS over a sweep), and costs page faults besides. Moments are taken about a
 shift and corrected exactly, then merged across calls with Pébay's pairwise formulas, so feeding a tensor in
 pieces gives the same summary as feeding it whole.
 
@@ -142,33 +145,33 @@ def _row_chunks(values: Tensor) -> list[tuple[int, int]]:
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def _moments(values: Tensor, workspace: Workspace | None = None) -> _Moments:
-    """Moments of ``values`` (``[rows, groups, width]``) per group: shifted sums, corrected exactly.
-
-    Each row's sums run over its contiguous last dimension, then over rows, all in float64.
-    The powers are taken a chunk of rows at a time, in place in two of ``workspace``'s small
-    buffers; each row's sums land in ``[rows, groups]`` tensors summed over rows at the end, so
-    the arithmetic is the same as one pass over the whole tensor.
-    """
-    rows, groups, width = values.shape
-    count = rows * width
-    shift = values.mean((0, 2), keepdim=True)  # any shift near the mean keeps the sums small
-    workspace = workspace if workspace is not None else Workspace()
-    row_sums = workspace.take("row_sums", (4, rows, groups), F64, values.device)
-    for start, stop in _row_chunks(values):
-        part = values[start:stop]
-        d = torch.sub(part, shift, out=workspace.take("d", part.shape, F64, values.device))
-        d2 = torch.square(d, out=workspace.take("d2", part.shape, F64, values.device))
-        torch.sum(d, -1, out=row_sums[0, start:stop])
-        torch.sum(d2, -1, out=row_sums[1, start:stop])
-        torch.sum(d.mul_(d2), -1, out=row_sums[2, start:stop])
-        torch.sum(d2.square_(), -1, out=row_sums[3, start:stop])
-    s1, s2, s3, s4 = (row_sums[k].sum(0) for k in range(4))
+def _from_sums(count: int, shift: Tensor, s1: Tensor, s2: Tensor, s3: Tensor, s4: Tensor) -> _Moments:
+    """Moments from the power sums of ``x - shift`` per group, corrected exactly for the shift."""
     delta = s1 / count  # the true mean minus the shift
     m2 = s2 - count * delta * delta
     m3 = s3 - 3.0 * delta * s2 + 2.0 * count * delta ** 3
     m4 = s4 - 4.0 * delta * s3 + 6.0 * delta * delta * s2 - 3.0 * count * delta ** 4
     return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4)
+
+
+def _moments_of_rows(values: Tensor) -> _Moments:
+    """Moments of ``values`` (``[rows, groups]``, float64) per group, over rows."""
+    shift = values.mean(0)
+    d = values - shift
+    d2 = torch.square(d)
+    return _from_sums(values.shape[0], shift, d.sum(0), d2.sum(0), (d * d2).sum(0), d2.square_().sum(0))
+
+
+def _finite_extremes(raw: Tensor, workspace: Workspace) -> tuple[Tensor, Tensor]:
+    """Per group, the least and greatest finite value of ``raw`` (inf/NaN have no bin), as float64;
+    ``low > high`` for a group with none. Exact in ``raw``'s own dtype."""
+    lows, highs = [], []
+    for start, stop in _row_chunks(raw):
+        part = raw[start:stop]
+        masked = workspace.take("masked", part.shape, raw.dtype, raw.device)
+        lows.append(torch.nan_to_num(part, nan=math.inf, neginf=math.inf, out=masked).amin((0, 2)))
+        highs.append(torch.nan_to_num(part, nan=-math.inf, posinf=-math.inf, out=masked).amax((0, 2)))
+    return torch.stack(lows).amin(0).to(F64), torch.stack(highs).amax(0).to(F64)
 
 
 def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -183,6 +186,42 @@ def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = N
     for _ in range(2):  # a rounding hair or the alignment can need one or two doublings
         width = torch.where(torch.floor(high / width) - torch.floor(low / width) >= bins, 2 * width, width)
     return width, torch.floor(low / width)
+
+
+class _Histogram:
+    """One call's bin counts per group over the finite range ``[low, high]``, filled a chunk at a time."""
+
+    def __init__(self, low: Tensor, high: Tensor, bins: int, device: torch.device) -> None:
+        groups = low.shape[0]
+        empty = low > high  # a group with no finite value
+        self.width, self.first = _width_for(torch.where(empty, 0.0, low), torch.where(empty, 0.0, high), bins)
+        # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
+        # finite value lands inside its group's bins by construction, and what has no bin goes
+        # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
+        base = torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1
+        self.scale = (1.0 / self.width).view(1, groups, 1)
+        self.offset = (self.first - base).view(1, groups, 1)
+        self.bins, self.groups = bins, groups
+        self.slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=device)
+
+    def add(self, part: Tensor, workspace: Workspace, clean: bool) -> None:
+        """Count ``part`` (float64, a copy this overwrites); ``clean``: every value is finite."""
+        # floor before shifting: both terms are then exact integers, so the shift is exact too
+        index = part.mul_(self.scale).floor_().sub_(self.offset)
+        if not clean:
+            index.nan_to_num_(nan=0.0, posinf=float(self.slots.numel() - 1), neginf=0.0)
+        # int32 slots (fewer bytes to write than int64; groups·(bins+2) is far below 2^31)
+        slot_of = workspace.take("slot_of", (index.numel(),), torch.int32, index.device)
+        slot_of.copy_(index.reshape(-1))  # floored: exact
+        if index.device.type == "cpu":
+            self.slots += torch.bincount(slot_of, minlength=self.slots.numel())
+        else:
+            # a fixed-size accumulate, not bincount: bincount sizes its output from the data's
+            # max, which on an accelerator waits for the device
+            self.slots.index_add_(0, slot_of, self.slots.new_ones(()).expand(slot_of.numel()))
+
+    def counts(self) -> Tensor:
+        return self.slots.view(self.groups, self.bins + 2)[:, 1:self.bins + 1]
 
 
 class GroupStats:
@@ -202,73 +241,55 @@ class GroupStats:
         self.state: dict[str, Tensor] = {}
 
     def update(self, grouped: Tensor) -> None:
-        """Fold ``grouped`` (``[rows, groups, width]``) in, without waiting for the device."""
+        """Fold ``grouped`` (``[rows, groups, width]``) in, without waiting for an accelerator."""
         raw = grouped.detach()
         if raw.numel() == 0:
             return
-        self.width = raw.shape[-1]
+        rows, groups, width = raw.shape
+        self.width = width
         dims = (0, 2)
         workspace, device = self.workspace, raw.device
-        # private copy: the histogram reuses it in place at the end
-        values = workspace.take("values", raw.shape, F64, device).copy_(raw)
-        moments = _moments(values, workspace)
-        norms = values.norm(dim=-1)  # [rows, groups]: each token's vector per group
-        norm_moments = _moments(norms.unsqueeze(-1), workspace)
-        # extremes over finite values place the histogram, as inf/NaN have no bin (they count in
-        # the moments, not the histogram); min, max and counts merge exactly across row chunks
-        chunks = _row_chunks(values)
-        lows, highs, near = [], [], []
-        for start, stop in chunks:
-            part = values[start:stop]
-            masked = workspace.take("d", part.shape, F64, device)
-            lows.append(torch.nan_to_num(part, nan=math.inf, neginf=math.inf, out=masked).amin(dims))
-            highs.append(torch.nan_to_num(part, nan=-math.inf, posinf=-math.inf, out=masked).amax(dims))
-            small = torch.le(torch.abs(part, out=masked), self.near_zero,
-                             out=workspace.take("mask", part.shape, torch.bool, device))
-            near.append(small.sum(-1).sum(0))
-        finite_low, finite_high = torch.stack(lows).amin(0), torch.stack(highs).amax(0)
+        low, high = raw.amin(dims), raw.amax(dims)  # exact in any dtype; NaN if a NaN is there
+        # on the CPU reading a flag costs no wait: when every value is finite (the usual case) the
+        # extremes place the histogram and no value needs a dropped slot, so two passes go
+        finite = device.type == "cpu" and bool(torch.isfinite(low).all() & torch.isfinite(high).all())
+        if finite:
+            finite_low, finite_high = low.to(F64), high.to(F64)
+        else:
+            finite_low, finite_high = _finite_extremes(raw, workspace)
+        # any shift near the mean keeps the moment sums small; taken in float64 as it reads
+        shift = raw.mean(dims, keepdim=True, dtype=F64)
+        hist = _Histogram(finite_low, finite_high, self.bins, device)
+        row_sums = workspace.take("row_sums", (4, rows, groups), F64, device)
+        norms = torch.empty(rows, groups, dtype=F64, device=device)  # each token's vector per group
+        near = torch.zeros(groups, dtype=F64, device=device)
+        # one pass of small, cache-sized chunks: each chunk's float64 copy serves every statistic
+        for start, stop in _row_chunks(raw):
+            shape = (stop - start, groups, width)
+            part = workspace.take("values", shape, F64, device).copy_(raw[start:stop])
+            d = torch.sub(part, shift, out=workspace.take("d", shape, F64, device))
+            d2 = torch.square(d, out=workspace.take("d2", shape, F64, device))
+            torch.sum(d, -1, out=row_sums[0, start:stop])
+            torch.sum(d2, -1, out=row_sums[1, start:stop])
+            torch.sum(d.mul_(d2), -1, out=row_sums[2, start:stop])
+            torch.sum(d2.square_(), -1, out=row_sums[3, start:stop])
+            torch.linalg.vector_norm(part, dim=-1, out=norms[start:stop])
+            # 1.0 where |x| ≤ near_zero, summed in float64: exact counts, and no bool pass to widen
+            near += torch.abs(part, out=d).le_(self.near_zero).sum(dims)
+            hist.add(part, workspace, clean=finite)  # last: it overwrites part
         chunk = {
-            "low": raw.amin(dims), "high": raw.amax(dims),
-            "finite_low": finite_low, "finite_high": finite_high,
-            "near_zero": torch.stack(near).sum(0),
-            "norm_low": norms.amin(0), "norm_high": norms.amax(0),
+            "low": low, "high": high, "finite_low": finite_low, "finite_high": finite_high,
+            "near_zero": near, "norm_low": norms.amin(0), "norm_high": norms.amax(0),
+            "hist_width": hist.width, "hist_first": hist.first, "hist_counts": hist.counts(),
         }
-        chunk.update(self._histogram(values, finite_low, finite_high))
+        moments = _from_sums(rows * width, shift, *(row_sums[k].sum(0) for k in range(4)))
+        norm_moments = _moments_of_rows(norms)
         if self.moments is None or self.norms is None:
             self.moments, self.norms, self.state = moments, norm_moments, chunk
             return
         self.moments = self.moments.merge(moments)
         self.norms = self.norms.merge(norm_moments)
         self.state = self._merged(self.state, chunk)
-
-    def _histogram(self, values: Tensor, low: Tensor, high: Tensor) -> dict[str, Tensor]:
-        """Bin counts of ``values`` (float64, a private copy this overwrites) per group; the
-        int32 slot numbers of each row chunk go into a workspace buffer."""
-        bins, groups = self.bins, self.groups
-        empty = low > high  # a group with no finite value
-        low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
-        width, first = _width_for(low, high, bins)
-        # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
-        # finite value lands inside its group's bins by construction, and what has no bin goes
-        # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
-        base = torch.arange(groups, device=values.device, dtype=F64) * (bins + 2) + 1
-        scale = (1.0 / width).view(1, groups, 1)
-        # floor before shifting: both terms are then exact integers, so the shift is exact too
-        index = values.mul_(scale).floor_().sub_((first - base).view(1, groups, 1))
-        last = groups * (bins + 2) - 1
-        # int32 slots (fewer bytes to write than int64; groups·(bins+2) is far below 2^31)
-        index.nan_to_num_(nan=0.0, posinf=float(last), neginf=0.0)
-        # a fixed-size accumulate, not bincount: bincount sizes its output from the data's max,
-        # which on an accelerator waits for the device
-        slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=values.device)
-        one = torch.ones((), dtype=torch.int64, device=values.device)
-        for start, stop in _row_chunks(index):
-            part = index[start:stop]
-            slot_of = self.workspace.take("slot_of", (part.numel(),), torch.int32, values.device)
-            slot_of.copy_(part.reshape(-1))  # floored: exact
-            slots.index_add_(0, slot_of, one.expand(slot_of.numel()))
-        counts = slots.view(groups, bins + 2)[:, 1:bins + 1]
-        return {"hist_width": width, "hist_first": first, "hist_counts": counts}
 
     def _merged(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
         low = torch.minimum(a["finite_low"], b["finite_low"])

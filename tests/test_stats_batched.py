@@ -71,9 +71,14 @@ def test_pieces_in_any_order_keep_exact_counts():
 
 
 def test_update_never_waits_for_the_host(monkeypatch):
-    """No .item()/.tolist()/bool()/float() inside update: the forward pass never syncs."""
+    """No .item()/.tolist()/bool()/float() inside update off the CPU: the forward pass never syncs.
+
+    Meta tensors take the accelerator path (no data, so any host read fails); on the CPU, where
+    reading a flag waits for nothing, update reads exactly one: whether every value is finite.
+    """
     values = _heavy_tailed()
-    stats = GroupStats(values.shape[1], 16)
+    stats, off_cpu = GroupStats(values.shape[1], 16), GroupStats(values.shape[1], 16)
+    reads = []
 
     def refuse(*args, **kwargs):
         raise AssertionError("host synchronisation inside the forward pass")
@@ -81,8 +86,15 @@ def test_update_never_waits_for_the_host(monkeypatch):
     with monkeypatch.context() as patched:
         for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
             patched.setattr(torch.Tensor, name, refuse)
+        off_cpu.update(values[:40].to("meta"))
+        off_cpu.update(values[40:].to("meta"))  # the merge path too
+        patched.undo()  # the CPU: count the flags read instead
+        original = torch.Tensor.__bool__
+        patched.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t.numel()) or original(t))
         stats.update(values[:40])
-        stats.update(values[40:])  # the merge path too
+        stats.update(values[40:])
+    assert off_cpu.state["hist_counts"].shape == (values.shape[1], 16)
+    assert reads == [1, 1]  # one flag per update on the CPU
     assert sum(stats.summaries({1: "h1"})["h1"].hist_counts) == 40 * 12 + 56 * 12
 
 
