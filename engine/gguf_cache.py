@@ -44,10 +44,10 @@ Progress = Callable[[str, float | None], None]
 
 
 def cache_key(gguf_path: Path, dtype: str = "float32") -> str:
-    import transformers
+    from importlib.metadata import version  # transformers.__version__, without importing transformers
 
     stat = gguf_path.stat()
-    identity = (f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    identity = (f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version('transformers')}"
                 f"|{dtype}|format{FORMAT}")
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 

@@ -22,25 +22,23 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from engine.anatomy import Anatomy, build_anatomy
-from engine.bundled import BUNDLED, bundled_path
-from engine.checks import check_gguf, check_safetensors
+from engine.bundled import BUNDLED
 from engine.errors import (
     Cancelled,
     DeviceError,
     GarageError,
     HubUnreachableError,
     ModelLoadError,
-    ModelNotFoundError,
 )
-from engine.folder_check import check_config_file, check_model_folder, check_tokenizer_file, check_weights_present
+from engine.folder_check import check_config_file, check_tokenizer_file, check_weights_present
 from engine.gguf_cache import cached_folder_for, check_entry, converted_folder
 from engine.limits import check_config_sizes
+from engine.locate import _HUB_ID, _Source, locate  # noqa: F401  (re-exported: the loader's public names)
 from engine.tensors import dtype_from_name
 
 Progress = Callable[[str, float | None], None]
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 @dataclass
@@ -156,73 +154,6 @@ def _hub_reachable() -> bool:
             return True
     except OSError:
         return False
-
-
-@dataclass
-class _Source:
-    name: str
-    kind: str
-    folder: Path | None = None  # HF folder with config.json
-    file: Path | None = None  # .safetensors or .gguf file
-    hub_id: str | None = None
-    # A GGUF conversion-cache entry whose manifest was just checked: its files are the garage's
-    # own output, hashed when written, so the file checks for foreign folders are not repeated.
-    checked_cache: bool = False
-
-    @property
-    def path(self) -> Path:
-        """The file this source names, else its folder (every kind but ``hub`` has one)."""
-        found = self.file or self.folder
-        if found is None:
-            raise ModelLoadError(f"'{self.name}' names no local file or folder; pass a path")
-        return found
-
-    @property
-    def local_folder(self) -> Path:
-        found = self.folder or (self.file.parent if self.file is not None else None)
-        if found is None:
-            raise ModelLoadError(f"'{self.name}' names no local folder; pass a path")
-        return found
-
-
-def locate(spec: str) -> _Source:
-    """Decide what a model argument names, checking files before transformers reads them."""
-    if spec in BUNDLED:
-        path = bundled_path(spec)
-        kind = "bundled-gguf" if path.suffix == ".gguf" else "bundled-folder"
-        if path.is_file():
-            return _Source(spec, kind, folder=path.parent, file=path)
-        return _Source(spec, kind, folder=path)
-    path = Path(spec).expanduser()
-    if path.exists():
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"folder {path} has no config.json; pass a Hugging Face model folder")
-            check_model_folder(path, weights=False)  # config sizes, weight index: before transformers reads them
-            weights = sorted(path.glob("*.safetensors"))
-            for weight_file in weights:
-                check_safetensors(weight_file)
-            return _Source(path.name, "folder", folder=path)
-        if path.suffix == ".gguf":
-            check_gguf(path)
-            return _Source(path.stem, "gguf", folder=path.parent, file=path)
-        if path.suffix == ".safetensors":
-            check_safetensors(path)
-            if not (path.parent / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{path} has no config.json beside it; put the model's config.json in {path.parent}"
-                )
-            check_config_file(path.parent / "config.json")
-            return _Source(path.stem, "safetensors", folder=path.parent, file=path)
-        if path.name == "config.json":
-            return _Source(path.parent.name, "config", folder=path.parent, file=path)
-        raise ModelLoadError(f"{path} is not a model: pass a folder, a .safetensors, .gguf or config.json file")
-    if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
-        return _Source(spec, "hub", hub_id=spec)
-    names = ", ".join(BUNDLED)
-    raise ModelNotFoundError(
-        f"no such model '{spec}': not a bundled name ({names}), an existing path, or a hub id like org/name"
-    )
 
 
 def _load_config(source: _Source) -> Any:

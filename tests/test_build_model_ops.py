@@ -10,8 +10,9 @@ import pytest
 import torch
 import transformers
 
-from engine.build import build, load_recipe, preview, validate_recipe
+from engine.build import build, load_recipe, validate_recipe
 from engine.build.model_ops import MODEL_OPS
+from engine.build.preview import preview
 from engine.features.directions import direction_edit
 from engine.interventions import scale, steer
 from engine.run import run

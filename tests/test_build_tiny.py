@@ -13,8 +13,8 @@ import pytest
 import torch
 import transformers
 
-from engine.build import build, load_recipe, preview, validate_recipe
-from engine.build.preview import set_layer_index
+from engine.build import build, load_recipe, validate_recipe
+from engine.build.preview import preview, set_layer_index
 from engine.families import head_geometry
 from engine.interventions import ablate
 from engine.loading import _model_class, open_model

@@ -74,6 +74,10 @@ def no_weight_reads(monkeypatch):
     import safetensors
     import safetensors.torch
 
+    # imported before the patch: its `from safetensors import safe_open` would otherwise bind the
+    # refusing stand-in for the rest of the session and break later loads
+    import transformers.modeling_utils  # noqa: F401
+
     import engine.build.sources as sources_module
 
     monkeypatch.setattr(builtins, "open", counting_open)

@@ -75,3 +75,89 @@ def test_errors_of_light_verbs_do_not_import_torch(stocked_home, tmp_path):
         code, heavy, output = run_verb(stocked_home, tmp_path, *argv)
         assert code == 2 and needle in output, (argv, output)
         assert heavy == [], f"garage {' '.join(argv)} imported {heavy}"
+
+
+RECIPES = REPO / "recipes"
+
+
+def _report_view(report) -> dict:
+    """Everything a validation report says, the plan tensor by tensor."""
+    view = report.to_dict()
+    view["problems_text"] = [str(p) for p in report.problems]
+    if report.plan is not None:
+        view["plan_tensors"] = [(t.name, tuple(t.shape), t.dtype, t.op, t.inputs, t.params, t.part,
+                                 [x.to_dict() for x in t.transplants]) for t in report.plan.tensors]
+        view["output_config"] = {k: v for k, v in report.plan.config.to_dict().items()
+                                 if k not in ("transformers_version", "_name_or_path", "id2label", "label2id")}
+    return view
+
+
+def _assert_light_equals_full(recipe) -> None:
+    from engine.build import validate_recipe
+    from engine.build.headers import ConfigView
+
+    full, light = validate_recipe(recipe), validate_recipe(recipe, light=True)
+    full_view, light_view = _report_view(full), _report_view(light)
+    full_config, light_config = full_view.pop("output_config", {}), light_view.pop("output_config", {})
+    assert light_view == full_view
+    # the light plan's config agrees with transformers' on every key it states
+    assert {k: full_config.get(k) for k in light_config} == light_config
+    if light.plan is not None:
+        assert isinstance(light.plan.config, ConfigView), "the light path fell back to transformers"
+
+
+@pytest.mark.slow  # validates each bundled recipe twice, once through transformers
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES.glob("*.yaml")))
+def test_light_validation_equals_transformers_validation(name):
+    _assert_light_equals_full(str(RECIPES / f"{name}.yaml"))
+
+
+@pytest.mark.slow  # saves tiny llamas through transformers
+@pytest.mark.parametrize("changes", [
+    {}, {"attention_bias": True, "mlp_bias": True}, {"tie_word_embeddings": True, "num_key_value_heads": 4},
+])
+def test_light_validation_equals_transformers_on_tiny_llamas(tmp_path, changes):
+    from engine.build import load_recipe
+    from tests.test_build_tiny import recipe_text, save_tiny
+
+    a = save_tiny(tmp_path / "a", "llama", 0, **changes)
+    b = save_tiny(tmp_path / "b", "llama", 1, **changes)
+    cases = {
+        "mix": recipe_text({"a": a, "b": b}, [{"take": "a.L0-1"}, {"blend": ["a.L2", "b.L2"], "method": "slerp",
+                                                                    "t": 0.5}, {"take": "b.L3", "mlp": "a.L0"}]),
+        "untie": recipe_text({"a": a, "b": b}, [{"take": "a.L0-3"}], lm_head="b", dtype="bfloat16"),
+        "heads": recipe_text({"a": a, "b": b}, [{"take": "a.L0", "heads": [{"head": 1, "from": "b.L1.h1",
+                                                                           "kv": "keep"}]}]),
+        "bad": recipe_text({"a": a, "b": b}, [{"take": "a.L7"}, {"take": "b.L0", "heads": [{"head": 9,
+                                                                                          "from": "b.L0.h0"}]}]),
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        _assert_light_equals_full(load_recipe(str(path)))
+
+
+def test_light_defaults_are_transformers_defaults():
+    import transformers
+
+    from engine.build.headers import LIGHT_DEFAULTS
+
+    for model_type, defaults in LIGHT_DEFAULTS.items():
+        config = transformers.AutoConfig.for_model(model_type)
+        assert {key: getattr(config, key) for key in defaults} == defaults, model_type
+
+
+@pytest.mark.slow  # starts a process per verb
+@pytest.mark.parametrize("name, code", [("smollm2-head-transplant", 0), ("invalid-mixed-architectures", 2)])
+def test_recipe_check_imports_neither_torch_nor_transformers(tmp_path, name, code):
+    from rich.console import Console
+
+    from engine.build import validate_recipe
+    from garage_tui.commands.recipe_cmd import print_report
+
+    got, heavy, output = run_verb(tmp_path / "home", tmp_path, "recipe", "check", str(RECIPES / f"{name}.yaml"))
+    assert heavy == [], f"garage recipe check {name} imported {heavy}"
+    expected = Console(record=True, width=100_000, no_color=True)
+    print_report(validate_recipe(str(RECIPES / f"{name}.yaml")), expected)
+    assert got == code
+    assert " ".join(output.split()) == " ".join(expected.export_text().split())

@@ -12,11 +12,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from engine.build.head_moves import head_transplants
+from engine.build.headers import DTYPE_BYTES, DTYPE_NAMES, ModelLayout, config_layout
 from engine.build.recipe import LayerSpec, Mix, Problem, Recipe
-from engine.build.sources import DTYPE_CODES, Source, checkpoint_renames, source_state_names
+from engine.build.sources import Source, source_state_names
 from engine.build.transplant import Transplant
 from engine.families import FamilyTable, family_for
 from engine.module_paths import join_path as _join
@@ -35,12 +34,10 @@ class TensorPlan:
 
     @property
     def nbytes(self) -> int:
-        from engine.build.sources import ST_DTYPES
-
         count = 1
         for size in self.shape:
             count *= size
-        return count * torch.tensor([], dtype=ST_DTYPES[self.dtype]).element_size()
+        return count * DTYPE_BYTES[self.dtype]
 
     def provenance(self) -> dict[str, Any]:
         alias, tensor = self.inputs[0]
@@ -79,10 +76,25 @@ TOP = "^"  # marks a tensor name relative to the top-level module, not the base 
 
 def meta_model(config: Any):
     """``config``'s model class instantiated on the meta device (no memory, no weights)."""
+    import torch
+
     from engine.loading import model_class as _model_class
 
     with torch.device("meta"):
         return _model_class(config).from_config(copy.deepcopy(config))
+
+
+def meta_layout(model: Any) -> ModelLayout:
+    """The layout of a ``meta_model``."""
+    from engine.anatomy import build_anatomy
+    from engine.build.sources import DTYPE_CODES
+
+    anatomy = build_anatomy(model, model.config)
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {}) if model.config.tie_word_embeddings else {}
+    tensors = [(name, tuple(t.shape), DTYPE_CODES.get(t.dtype, "F32"), t.is_floating_point())
+               for name, t in model.state_dict().items()]
+    params = sum(p.numel() for _, p in model.named_parameters())
+    return ModelLayout(type(model).__name__, anatomy.base_path, anatomy.family, tensors, tied, params)
 
 
 @dataclass
@@ -94,8 +106,13 @@ class SourceLayout:
     tied: dict[str, str]  # model key → the model key it is tied to
 
 
-def source_layout(source: Source) -> SourceLayout:
+def source_layout(source: Source, light: bool = False) -> SourceLayout:
+    layout = config_layout(source.config) if light else None
+    if layout is not None:  # no key renames in the families headers.py knows
+        names = source_state_names(source, [name for name, *_ in layout.tensors], layout.base_path)
+        return SourceLayout(layout.base_path, names, dict(layout.tied))
     from engine.anatomy import build_anatomy
+    from engine.build.sources import checkpoint_renames
 
     model = meta_model(source.config)
     anatomy = build_anatomy(model, model.config)
@@ -160,16 +177,17 @@ def untie_needed(recipe: Recipe, sources: dict[str, Source]) -> bool:
 class Planner:
     """Makes the plan, collecting problems instead of stopping at the first."""
 
-    def __init__(self, recipe: Recipe, sources: dict[str, Source]) -> None:
+    def __init__(self, recipe: Recipe, sources: dict[str, Source], light: bool = False) -> None:
         self.recipe = recipe
         self.sources = sources
+        self.light = light  # shapes from configs where headers.py knows the family (no torch)
         self.problems: list[Problem] = []
         self.layouts: dict[str, SourceLayout] = {}
         self.shape_reported: set[tuple[str, str]] = set()
 
     def layout(self, alias: str) -> SourceLayout:
         if alias not in self.layouts:
-            self.layouts[alias] = source_layout(self.sources[alias])
+            self.layouts[alias] = source_layout(self.sources[alias], self.light)
         return self.layouts[alias]
 
     def fail(self, path: str, message: str) -> None:
@@ -192,8 +210,6 @@ class Planner:
         return None
 
     def plan(self) -> Plan | None:
-        from engine.anatomy import build_anatomy
-
         recipe = self.recipe
         config, recomputed = output_config(recipe, self.sources)
         if untie_needed(recipe, self.sources):
@@ -205,30 +221,27 @@ class Planner:
         except LimitError as exc:
             self.fail("config", str(exc))
             return None
-        try:
-            model = meta_model(config)
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError) as exc:
-            # what transformers raises for a config its model class cannot build
-            self.fail("config", f"the output config does not instantiate under the installed transformers: "
-                                f"{str(exc).splitlines()[0]}; fix the config overrides or the layer list")
-            return None
-        anatomy = build_anatomy(model, model.config)
-        table = anatomy.family
+        layout = config_layout(config) if self.light and not recipe.config else None  # overrides: meta
+        if layout is None:
+            try:
+                model = meta_model(config)
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError) as exc:
+                # what transformers raises for a config its model class cannot build
+                self.fail("config", f"the output config does not instantiate under the installed transformers: "
+                                    f"{str(exc).splitlines()[0]}; fix the config overrides or the layer list")
+                return None
+            layout = meta_layout(model)
+        table = layout.table
         if table is None:
             self.fail("sources", "the output model has no family table; compose models of a supported family")
             return None
-        tied = dict(getattr(model, "all_tied_weights_keys", None) or {}) if config.tie_word_embeddings else {}
-        blocks_prefix = _join(anatomy.base_path, table.blocks) + "."
-        base_prefix = f"{anatomy.base_path}." if anatomy.base_path else ""
+        blocks_prefix = _join(layout.base_path, table.blocks) + "."
+        base_prefix = f"{layout.base_path}." if layout.base_path else ""
         embed_paths = [table.embed, *table.extra_embeds.values()]
         tensors: list[TensorPlan] = []
-        state = model.state_dict()
-        param_count = sum(p.numel() for n, p in model.named_parameters())
-        for name, meta_tensor in state.items():
-            if name in tied:
+        for name, shape, dtype, floating in layout.tensors:
+            if name in layout.tied:
                 continue
-            shape = tuple(meta_tensor.shape)
-            dtype = DTYPE_CODES.get(meta_tensor.dtype, "F32")
             if name.startswith(blocks_prefix):
                 index_text, rel = name[len(blocks_prefix):].split(".", 1)
                 entry = self.layer_tensor(int(index_text), rel, name, shape)
@@ -240,13 +253,13 @@ class Planner:
                 if recipe.dtype is None:
                     entry.dtype = self.sources[entry.inputs[0][0]].tensors[entry.inputs[0][1]].dtype
                 else:
-                    wanted = DTYPE_CODES[getattr(torch, recipe.dtype)]
-                    entry.dtype = wanted if meta_tensor.is_floating_point() else dtype
+                    entry.dtype = DTYPE_NAMES[recipe.dtype] if floating else dtype
                 tensors.append(entry)
         origins = [self.origin(spec) for spec in recipe.layers]
         if self.problems:
             return None
-        return Plan(config, type(model).__name__, table, tensors, bool(tied), param_count, origins, recomputed)
+        return Plan(config, layout.model_class, table, tensors, bool(layout.tied), layout.param_count, origins,
+                    recomputed)
 
     @staticmethod
     def origin(spec: LayerSpec) -> str:

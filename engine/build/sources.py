@@ -14,20 +14,31 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import GarageError
 
+if TYPE_CHECKING:
+    import torch
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_CODES = {dtype: code for code, dtype in ST_DTYPES.items()}
+
+
+def __getattr__(name: str) -> Any:
+    """``ST_DTYPES`` (code → torch dtype) and ``DTYPE_CODES`` (its inverse), made on first use:
+    resolving sources for ``recipe check`` must not import torch."""
+    if name not in ("ST_DTYPES", "DTYPE_CODES"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    st_dtypes = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+    globals().update(ST_DTYPES=st_dtypes, DTYPE_CODES={dtype: code for code, dtype in st_dtypes.items()})
+    return globals()[name]
 
 
 class SourceError(GarageError):
@@ -64,9 +75,13 @@ class Source:
 
     @property
     def config_hash(self) -> str:
+        from engine.build.headers import ConfigView
         from engine.loading import config_hash
 
-        return config_hash(self.config)
+        config = self.config
+        if isinstance(config, ConfigView):  # the hash covers transformers' defaults: read them (heavy)
+            config = _transformers_config(self.folder)
+        return config_hash(config)
 
     def weight_files(self) -> list[Path]:
         return sorted({entry.file for entry in self.tensors.values()})
@@ -93,6 +108,10 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
 
 def read_tensor(entry: TensorEntry) -> torch.Tensor:
     """One tensor's bytes, read with a positioned read (no memory map, no pickle)."""
+    import torch
+
+    from engine.build.sources import ST_DTYPES
+
     if entry.dtype not in ST_DTYPES:
         raise SourceError(f"{entry.file} holds a {entry.dtype} tensor, which the build bench cannot read")
     with entry.file.open("rb", buffering=0) as handle:
@@ -151,7 +170,7 @@ def locate_folder(spec: str) -> tuple[str, Path]:
     only read its header. A hub id is found in, or downloaded into, the hub cache.
     """
     from engine.errors import ModelLoadError, ModelNotFoundError
-    from engine.loading import locate
+    from engine.locate import locate
 
     try:
         source = locate(spec)
@@ -193,10 +212,21 @@ def _hub_folder(spec: str) -> Path:
         ) from exc
 
 
-def resolve_source(alias: str, spec: str) -> Source:
-    """Config, tensor headers and tokenizer digest of one source; no weight is read."""
+def _transformers_config(folder: Path) -> Any:
     import transformers
 
+    try:
+        return transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}") from exc
+
+
+def resolve_source(alias: str, spec: str, light: bool = False) -> Source:
+    """Config, tensor headers and tokenizer digest of one source; no weight is read.
+
+    ``light``: read the config as plain JSON where ``engine.build.headers`` knows its family
+    (no transformers import); any other config is read by transformers as always."""
+    from engine.build.headers import light_config
     from engine.errors import ModelLoadError
     from engine.folder_check import check_config_file, check_tokenizer_file, check_weights_present, index_files
 
@@ -209,10 +239,7 @@ def resolve_source(alias: str, spec: str) -> Source:
         listed = index_files(folder)
     except ModelLoadError as exc:
         raise SourceError(f"source '{alias}': {exc}") from exc
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SourceError(f"cannot read {config_path}: {str(exc).splitlines()[0]}") from exc
+    config = (light_config(config_doc) if light else None) or _transformers_config(folder)
     from engine.quantised import refuse_quantised
 
     refuse_quantised(config, "build from", name=f"{alias} ({folder})")

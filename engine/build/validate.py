@@ -97,8 +97,9 @@ def _uses(recipe: Recipe) -> dict[str, list[tuple[str, str]]]:
 
 
 class Validator:
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, light: bool = False) -> None:
         self.recipe = recipe
+        self.light = light  # no torch where engine.build.headers can (plan.config is then a ConfigView)
         self.report = ValidationReport(recipe, problems=list(recipe.problems))
 
     def fail(self, path: str, message: str) -> None:
@@ -111,7 +112,7 @@ class Validator:
         recipe = self.recipe
         for alias, spec in recipe.sources.items():
             try:
-                self.report.sources[alias] = resolve_source(alias, spec)
+                self.report.sources[alias] = resolve_source(alias, spec, self.light)
             except GarageError as exc:
                 self.fail(f"sources.{alias}", f"source '{alias}' ({spec}) cannot be used: {exc}")
         uses = _uses(recipe)
@@ -131,7 +132,7 @@ class Validator:
             if not self.report.problems:
                 self.check_tokens(base)
         if not self.report.problems and base is not None and recipe.layers:
-            planner = Planner(recipe, self.report.sources)
+            planner = Planner(recipe, self.report.sources, self.light)
             try:
                 plan = planner.plan()
             except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
@@ -292,11 +293,15 @@ class Validator:
             self.warn("dtype", f"sources store tensors as {', '.join(sorted(dtypes))}; set `dtype:` to write one dtype")
 
 
-def validate_recipe(recipe: Recipe | str) -> ValidationReport:
-    """Check ``recipe`` against its sources' configs and headers; reads no weight."""
+def validate_recipe(recipe: Recipe | str, light: bool = False) -> ValidationReport:
+    """Check ``recipe`` against its sources' configs and headers; reads no weight.
+
+    ``light``: the same checks, with configs read as JSON and output shapes derived from them
+    where ``engine.build.headers`` knows the family, so no torch or transformers import (for
+    ``garage recipe check``); the plan's config is then a ``ConfigView``, so builds use the default."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return Validator(recipe).run()
+    return Validator(recipe, light).run()
 
 
 def require_valid(recipe: Recipe | str) -> ValidationReport:

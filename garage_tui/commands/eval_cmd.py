@@ -18,8 +18,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.build import evaluate
-    from engine.build.evaluate import recorded_sources
+    from engine.build.evaluate import evaluate, recorded_sources
 
     sources = [] if args.no_sources else (args.source or recorded_sources(args.model))
     with progress_bar(args, "evaluating") as progress:

@@ -42,7 +42,7 @@ def print_report(report, out) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from engine.build import load_recipe, validate_recipe
 
-    report = validate_recipe(load_recipe(args.recipe))
+    report = validate_recipe(load_recipe(args.recipe), light=True)  # configs and headers: no torch import
     if args.json:
         print_json(report.to_dict())
     else:
