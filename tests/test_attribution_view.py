@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -10,7 +11,14 @@ import torch
 from textual.app import App, ComposeResult
 
 from engine.attribution import Attributor
-from garage_tui.widgets.attribution_view import PENDING, AttributionView, heat_cells, part_of
+from garage_tui.widgets.attribution_view import (
+    FAITH_WAITING,
+    PENDING,
+    AttributionView,
+    faithfulness_cells,
+    heat_cells,
+    part_of,
+)
 from tests.test_attribution import LinearLM, linear_graph, random_groups
 
 
@@ -44,6 +52,10 @@ def status_of(view: AttributionView) -> str:
     return str(view.query_one("#attribution-status").render())
 
 
+def shown_faithfulness(view: AttributionView) -> list[tuple[int, str]]:
+    return [(int(n), value) for n, value in re.findall(r"n=(\d+): (-?[0-9.]+)", view.faithfulness_shown())]
+
+
 def test_scores_show_then_the_exact_column_fills_in_and_enter_jumps():
     async def scenario():
         app = ViewApp()
@@ -66,6 +78,14 @@ def test_scores_show_then_the_exact_column_fills_in_and_enter_jumps():
             scores = [f"{entry.score:.4f}" for entry in view.report.top_nodes(6)]
             assert exact == scores
             assert "Spearman ρ 1.000" in status_of(view)
+            # the faithfulness line is the engine's, for the same inputs run again outside the view
+            again = linear_job()
+            expected = again.faithfulness(again.score("eap"))
+            assert view.faithfulness is not None and view.faithfulness.recovered == expected.recovered
+            shown = shown_faithfulness(view)
+            assert shown == faithfulness_cells(expected) and [n for n, _ in shown] == [1, 2, 5, 9]
+            assert shown[-1][1] == "1.000"  # all 9 heads and MLPs kept clean: the clean run itself
+            assert "faithfulness of eap's top-n heads and MLPs" in view.faithfulness_shown()
             view.query_one("#attribution-nodes").focus()
             await pilot.press("enter")
             await pilot.pause()
@@ -92,6 +112,7 @@ def test_escape_stops_the_job():
             gate.set()
             await wait_for(pilot, lambda: not view.running, 30, "the cancelled job")
             assert "cancelled" in status_of(view) and view.report is None
+            assert view.faithfulness_shown() == FAITH_WAITING and view.faithfulness is None
 
     asyncio.run(scenario())
 

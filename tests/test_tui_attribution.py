@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from test_tui_support import make_app, run, wait_for, wait_idle
 
@@ -31,6 +33,18 @@ def test_attribution_node_jumps_to_the_bay_and_ablating_it_changes_the_guess(smo
             # the scored estimate and the exact patch are different numbers on a real model
             nodes = report.top_nodes(10)
             assert any(float(e) != pytest.approx(n.score, abs=1e-6) for e, n in zip(exact, nodes, strict=True))
+            # the faithfulness line shows the engine's figures: the same pairs and method, run again here
+            from engine.attribution import attribute, load_task
+            from garage_tui.screens.attribution import ATTRIBUTION_PAIRS
+
+            with app.screen.workbench.model_lock:
+                again = attribute(smollm2, load_task("capitals", ATTRIBUTION_PAIRS), method="atp", top=10)
+            assert again.faithfulness is not None and view.faithfulness is not None
+            shown = [(int(n), float(v)) for n, v in re.findall(r"n=(\d+): (-?[0-9.]+)", view.faithfulness_shown())]
+            assert [n for n, _ in shown] == again.faithfulness.sizes == [1, 2, 5, 10, 20, 50]
+            assert [v for _, v in shown] == pytest.approx(again.faithfulness.recovered, abs=6e-4)
+            assert view.faithfulness.recovered == pytest.approx(again.faithfulness.recovered, abs=1e-6)
+            assert "faithfulness of atp's top-n heads and MLPs" in view.faithfulness_shown()
             top = part_of(report.top_nodes(10)[0].address)
             await pilot.press("enter")  # the highlighted (top) node
             await wait_for(pilot, lambda: not isinstance(app.screen, AttributionScreen), 10, "the bay")
@@ -55,8 +69,12 @@ def test_attribution_q_goes_back_and_esc_stops(smollm2, tmp_path):
             from garage_tui.screens.attribution import AttributionScreen
             from garage_tui.widgets.attribution_view import AttributionView
 
-            await pilot.press("T", "enter")  # antonyms
+            await pilot.press("T", "m", "m")  # atp → eap → eap-ig
+            assert app.screen.method == "eap-ig" and "with eap-ig" in str(app.screen.query_one(
+                "#attribution-title").render())
+            await pilot.press("enter")  # antonyms
             view = app.screen.query_one(AttributionView)
+            assert "eap-ig running" in str(view.query_one("#attribution-status").render())
             await pilot.press("escape")
             await wait_for(pilot, lambda: not view.running, 120, "the stopped job")
             status = str(view.query_one("#attribution-status").render())

@@ -3,7 +3,9 @@
 The view runs one attribution job through the garage's worker skeleton (``jobs.start_job``):
 it scores every node, posts the report (the heat map and ranked list draw at once), then
 re-checks the top nodes by exact patching and posts each batch as it lands, so the ``exact``
-column fills in. Esc cancels the job; Enter on a row posts ``AttributionView.NodeSelected``
+column fills in, and last measures the circuit faithfulness of the method's ranking (the
+engine's ``Faithfulness``: the top-n heads and MLPs alone, the rest corrupted), shown on its
+own line. Esc cancels the job; Enter on a row posts ``AttributionView.NodeSelected``
 with the part's address so the app can jump to it in the bay. The engine is imported only
 inside the worker."""
 
@@ -27,15 +29,27 @@ from garage_tui.messages import JobCancelled, JobFailed
 from garage_tui.widgets.lists import KeyTable
 
 if TYPE_CHECKING:
-    from engine.attribution import AttributionReport, Attributor
+    from engine.attribution import AttributionReport, Attributor, Faithfulness
 
 SHOWN_NODES = 20
 PENDING = "…"
+FAITH_WAITING = "circuit faithfulness: measured after the exact re-check"
 
 
 def part_of(address: str) -> str:
     """The bay address a node lives on: a residual position ``L3.out@4`` is layer ``L3``."""
     return address.split(".out@")[0] if ".out@" in address else address
+
+
+def faithfulness_cells(faith: Faithfulness) -> list[tuple[int, str]]:
+    """``(n, fraction recovered)`` per circuit size, as the view prints them."""
+    return [(n, f"{value:.3f}") for n, value in zip(faith.sizes, faith.recovered, strict=True)]
+
+
+def faithfulness_line(faith: Faithfulness, method: str) -> str:
+    cells = " · ".join(f"n={n}: {value}" for n, value in faithfulness_cells(faith))
+    return (f"faithfulness of {method}'s top-n {faith.scope} (the rest corrupted; share of clean − corrupted "
+            f"{faith.difference:.3f} recovered): {cells}")
 
 
 def heat_cells(grid: list[list[float]]) -> list[list[float]]:
@@ -62,6 +76,11 @@ class AttributionView(Vertical):
             super().__init__()
             self.indices, self.values = indices, values
 
+    class Faithful(Message):
+        def __init__(self, faithfulness: Faithfulness) -> None:
+            super().__init__()
+            self.faithfulness = faithfulness
+
     class Finished(Message):
         def __init__(self, summary: str, error: str | None = None) -> None:
             super().__init__()
@@ -78,11 +97,13 @@ class AttributionView(Vertical):
         super().__init__(**kwargs)
         self.top = top
         self.report: AttributionReport | None = None
+        self.faithfulness: Faithfulness | None = None
         self.cancel = threading.Event()
         self.running = False
 
     def compose(self) -> ComposeResult:
         yield Static("attribution: no job yet", id="attribution-status")
+        yield Static(FAITH_WAITING, id="attribution-faith")
         with Horizontal(id="attribution-body"):
             yield KeyTable(id="attribution-nodes", cursor_type="row", zebra_stripes=True)
             yield PlotextPlot(id="attribution-heat")
@@ -103,13 +124,16 @@ class AttributionView(Vertical):
 
         self.running = True
         self.report = None
+        self.faithfulness = None
+        self.query_one("#attribution-faith", Static).update(Text(FAITH_WAITING))
         self._status(f"attribution: {method} running · Esc stops")
         start_job(self, "attribution", lambda ctx: self._attribute(make_job, method, ig_steps, ctx),
                   group="attribution", name="_attribute", model_lock=lock)
 
     def _attribute(self, make_job: Callable[[], Attributor], method: str, ig_steps: int,
                    ctx: JobContext) -> Message | None:
-        """The job: score, post the report, re-check the top nodes batch by batch, return the summary."""
+        """The job: score, post the report, re-check the top nodes batch by batch, measure the top-n
+        circuits' faithfulness, return the summary."""
         self.cancel = cancel = ctx.cancel
         job = make_job()
         report = job.score(method, ig_steps, cancel=cancel)
@@ -119,6 +143,7 @@ class AttributionView(Vertical):
             ctx.post(self.Checked(indices, values))
 
         check = job.recheck(report, self.top, cancel=cancel, on_chunk=checked)
+        ctx.post(self.Faithful(job.faithfulness(report, cancel=cancel)))
         return self.Finished(
             f"{report.method} over {report.n_pairs} pair(s) in {report.seconds:.2f}s · exact re-check of "
             f"{check.scope}: Spearman ρ {check.spearman:.3f}, mean |error| {check.mean_abs_error:.3g}")
@@ -153,7 +178,8 @@ class AttributionView(Vertical):
         plt.title(f"|{report.method} score| per head (rows: layers 0–{report.n_layers - 1}, columns: heads)")
         widget.refresh()
         self._status(f"attribution: {report.method} scored {len(report.nodes)} nodes in {report.seconds:.2f}s · "
-                     f"exact re-check of the top {min(self.top, len(report.nodes))} running · Esc stops")
+                     f"exact re-check of the top {min(self.top, len(report.nodes))}, then circuit faithfulness, "
+                     "running · Esc stops")
 
     @on(Checked)
     def _fill_exact(self, message: Checked) -> None:
@@ -163,6 +189,14 @@ class AttributionView(Vertical):
         for index, value in zip(message.indices, message.values, strict=True):
             entry = self.report.nodes[index]
             table.update_cell(entry.address, "exact", f"{value:.4f}")
+
+    @on(Faithful)
+    def _show_faithfulness(self, message: Faithful) -> None:
+        if self.report is None:
+            return
+        self.faithfulness = message.faithfulness
+        line = faithfulness_line(message.faithfulness, self.report.method)
+        self.query_one("#attribution-faith", Static).update(Text(line))
 
     @on(Finished)
     def _finished(self, message: Finished) -> None:
@@ -182,6 +216,10 @@ class AttributionView(Vertical):
 
     def _status(self, line: str) -> None:
         self.query_one("#attribution-status", Static).update(Text(line))
+
+    def faithfulness_shown(self) -> str:
+        """The faithfulness line as shown (for tests and copying)."""
+        return str(self.query_one("#attribution-faith", Static).render())
 
     def exact_column(self) -> list[str]:
         """What the exact column shows, top to bottom (for tests and copying)."""
