@@ -440,6 +440,10 @@ class Workbench:
     def fitting_parts(self, loaded: Any, slot: str) -> list[str]:
         return [record.name for record in self.parts_bin().fits(loaded, slot)]
 
+    def read_direction_parts(self) -> list[str]:
+        """The bin's direction parts by name (what a bake step can write); a corrupt catalog raises."""
+        return [record.name for record in self.parts_bin().list(kind="direction")]
+
     def check_recipe(self, recipe: dict[str, Any]) -> RecipeCheck:
         """Validate a recipe document (configs and headers only, no weights)."""
         from engine.build import load_recipe, validate_recipe
@@ -454,7 +458,8 @@ class Workbench:
                            int(document.get("parameters") or 0))
 
     def build_and_evaluate(self, recipe: dict[str, Any], out_dir: str, ctx: JobContext) -> BuildReport:
-        from engine.build import build, evaluate, load_recipe
+        from engine.build import build, load_recipe
+        from engine.build.evaluate import evaluate
         from engine.sessions import spec_of as _spec_of
 
         result = build(load_recipe(recipe), out_dir, ctx.progress, ctx.cancel)

@@ -140,3 +140,64 @@ def test_transfer_view_fit_sweep_steer_judge_blade(pair, garage_home, tmp_path, 
             assert again.stitch_report is fitted
 
     run(scenario())
+
+
+@pytest.mark.slow  # real blade training in a Pilot walk
+def test_blade_loss_is_drawn_against_the_training_step_when_posts_are_throttled(pair, garage_home, tmp_path,
+                                                                                monkeypatch):
+    """Progress posts are throttled (most steps never reach the screen), yet every point of the loss
+    chart sits at the step the trainer was at, and the x-axis spans the whole run."""
+    import threading
+
+    import engine.transfer.blade_train as blade_train
+    import garage_tui.jobs as jobs
+    from engine.loading import open_model
+    from engine.transfer.fitting import fit_stitch
+    from engine.transfer.pairs import stitch_text
+    from garage_tui.screens.transfer import TransferScreen
+
+    loaded_a, folder_b = pair
+    loaded_b = open_model(str(folder_b))
+    fitted = fit_stitch(loaded_a, loaded_b, "L2.out", "L1.out", stitch_text(max_chars=TEXT_CHARS))
+    steps = 40
+    monkeypatch.setattr(jobs, "PROGRESS_INTERVAL", 1.0)  # far longer than 40 steps of these tiny models
+    trained, gate = threading.Event(), threading.Event()
+    real_train = blade_train.train_blade
+
+    def train_then_wait(*args, **kwargs):  # hold the job after the last step, before its result replaces the points
+        log = real_train(*args, **kwargs)
+        trained.set()
+        gate.wait(60)
+        return log
+
+    monkeypatch.setattr(blade_train, "train_blade", train_then_wait)
+
+    async def scenario():
+        app = make_app(loaded_a, home=tmp_path / "bin", model=loaded_a.name)
+        async with app.run_test(size=(150, 46)) as pilot:
+            await wait_idle(pilot, 180)
+            app.workbench.transfer.update(a=loaded_a, b=loaded_b, address_a="L2.out", address_b="L1.out",
+                                          kind="ridge", stitch=fitted)
+            await pilot.press("X")
+            screen = app.screen
+            assert isinstance(screen, TransferScreen) and screen.stitch_report is fitted
+            await pilot.press("l")
+            await _answer(app, pilot, f"antonyms {steps}")
+            await wait_for(pilot, trained.is_set, 120, "the blade's training steps")
+            # the throttle's timer still posts the last step it folded away
+            await wait_for(pilot, lambda: screen.loss_steps and screen.loss_steps[-1] == steps, 10, "the last step")
+            live = list(zip(screen.loss_steps, screen.losses, strict=True))
+            chart = screen.query_one("#transfer-loss").plt.monitor
+            assert chart.x[-1] == screen.loss_steps and chart.y[-1] == screen.losses
+            assert chart.xlim[0] == [0, steps]
+            gate.set()
+            await finish(pilot, screen, lambda: screen.blade_report, "the blade")
+            chart = screen.query_one("#transfer-loss").plt.monitor
+            assert chart.x[-1] == list(range(1, steps + 1)) and chart.y[-1] == screen.blade_report.log.losses
+            return live, screen.blade_report.log.losses
+
+    live, losses = run(scenario())
+    assert len(live) < steps / 2, "the throttle should have folded most steps away"
+    assert [step for step, _ in live] == sorted({step for step, _ in live})
+    for step, loss in live:  # the progress line rounds the loss to 3 decimals
+        assert loss == pytest.approx(losses[step - 1], abs=5e-4), step

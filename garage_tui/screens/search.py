@@ -25,14 +25,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from garage_tui.controller import JobContext
-from garage_tui.messages import JobCancelled, JobFailed
 from garage_tui.recipe_steps import step_span
 from garage_tui.screens.ask import AskScreen
+from garage_tui.screens.job_screen import JobScreen
 from garage_tui.widgets.lists import KeyTable
 
 OBJECTIVES = ("perplexity", "bits_per_byte")
@@ -118,7 +117,7 @@ def trial_changes(base: list[Any], trial: list[Any]) -> str:
     return " ".join(missing + edited) or "(base)"
 
 
-class SearchScreen(Screen[None]):
+class SearchScreen(JobScreen):
     """Trials table, best-so-far chart, Pareto chart, one status line."""
 
     BINDINGS = [
@@ -134,6 +133,8 @@ class SearchScreen(Screen[None]):
     SearchScreen #search-charts { width: 1fr; }
     SearchScreen PlotextPlot { height: 1fr; }
     """
+    STATUS = "#search-status"
+    GROUP = "search"
 
     class Started(Message):
         """The spec is valid: its objectives, budget and name."""
@@ -170,8 +171,11 @@ class SearchScreen(Screen[None]):
         self.front: list[int] = []
         self.budget = 0
         self.report: Any = None
-        self.running = False
         self.stop_event = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="search-box"):
@@ -271,16 +275,11 @@ class SearchScreen(Screen[None]):
 
     def run_search(self, spec_path: Path, journal: Path) -> None:
         """Run the spec at ``spec_path`` journaled to ``journal``; the session remembers both."""
-        from garage_tui.jobs import start_job
-
         self.workbench.search = {"spec": str(spec_path), "journal": str(journal)}
         self.trials, self.front, self.report = {}, [], None
         self.stop_event = stop = threading.Event()
-        self.running = True
-        self._status(f"search: reading {spec_path.name} · Esc stops")
-        self.refresh_bindings()
-        start_job(self, "search", lambda ctx: self._search(spec_path, journal, stop, ctx), group="search",
-                  name="_search")
+        self._start("search", f"search: reading {spec_path.name}",
+                    lambda ctx: self._search(spec_path, journal, stop, ctx), name="_search")
 
     def _search(self, spec_path: Path, journal: Path, stop: threading.Event, ctx: JobContext) -> Message | None:
         """The job: validate the spec, run it trial by trial (posting each), return the report."""
@@ -371,7 +370,6 @@ class SearchScreen(Screen[None]):
 
     @on(Finished)
     def _finished(self, message: Finished) -> None:
-        self.running = False
         self.report = report = message.report
         best = report.best
         where = f" · best recipe {report.best_recipe}" if report.best_recipe else ""
@@ -382,22 +380,10 @@ class SearchScreen(Screen[None]):
             summary += f" · best #{best.number} {self.objectives[0]} {best.values[0]:.4f}{where}"
         if report.stopped:
             summary += " · R resumes"
-        self._status(summary)
-        self.refresh_bindings()
+        self._done(summary)
 
-    @on(JobFailed)
-    def _failed(self, message: JobFailed) -> None:
-        message.stop()  # the screen's own line says it; the app's job state is not this job's
-        self.running = False
-        self._status(f"search failed: {message.message}")
-        self.refresh_bindings()
-
-    @on(JobCancelled)
-    def _cancelled(self, message: JobCancelled) -> None:
-        message.stop()
-        self.running = False
-        self._status("search: cancelled · R resumes")
-        self.refresh_bindings()
+    def cancelled_line(self, job: str) -> str:
+        return f"{job}: cancelled · R resumes"
 
     @on(KeyTable.RowSelected, "#search-trials")
     def _row_chosen(self, event: KeyTable.RowSelected) -> None:
@@ -406,6 +392,3 @@ class SearchScreen(Screen[None]):
         if key is not None and int(key) in self.trials:
             trial = self.trials[int(key)]
             self.post_message(self.RecipeChosen(dict(trial.recipe), trial.number))
-
-    def _status(self, line: str) -> None:
-        self.query_one("#search-status", Static).update(Text(line))

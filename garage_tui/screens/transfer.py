@@ -23,13 +23,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from garage_tui.controller import JobContext
-from garage_tui.messages import JobCancelled, JobFailed, JobProgressed
+from garage_tui.messages import JobProgressed
 from garage_tui.screens.ask import AskScreen
+from garage_tui.screens.job_screen import JobScreen
 from garage_tui.widgets.lists import KeyTable
 
 KINDS = ("ridge", "lowrank", "ae")  # engine.transfer.stitch.KINDS, repeated so the screen does not import torch
@@ -67,7 +67,7 @@ def blade_step(stage: str) -> tuple[int, int, float] | None:
     return (int(match[1]), int(match[2]), float(match[3])) if match else None
 
 
-class TransferScreen(Screen[None]):
+class TransferScreen(JobScreen):
     """Setup line, status, numbers, guesses/judge table; the sweep heat map and the blade's loss."""
 
     BINDINGS = [
@@ -88,6 +88,8 @@ class TransferScreen(Screen[None]):
     TransferScreen PlotextPlot { height: 1fr; }
     TransferScreen #transfer-table { height: 1fr; }
     """
+    STATUS = "#transfer-status"
+    GROUP = "transfer"
 
     class BOpened(Message):
         def __init__(self, loaded: Any) -> None:
@@ -140,7 +142,8 @@ class TransferScreen(Screen[None]):
         self.blade_report: Any = None
         self.columns: dict[str, list[tuple[str, float]]] = {}
         self.losses: list[float] = []
-        self.job: str | None = None
+        self.loss_steps: list[int] = []  # the training step of each loss: posts are throttled, so not 1, 2, 3…
+        self.blade_steps = 0
 
     def compose(self) -> ComposeResult:
         with Vertical(id="transfer-box"):
@@ -177,9 +180,6 @@ class TransferScreen(Screen[None]):
             f"A {self.loaded_a.name} @ {self.address_a} → B {b} @ {self.address_b} · kind {self.kind}{stitch}"))
         self._remember()
 
-    def _status(self, line: str) -> None:
-        self.query_one("#transfer-status", Static).update(Text(line))
-
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.job is not None
@@ -193,21 +193,11 @@ class TransferScreen(Screen[None]):
 
     # ---- jobs ----------------------------------------------------------------------------------
     def _run(self, job: str, line: str, compute: Any) -> None:
-        from garage_tui.jobs import start_job
-
-        self.job = job
-        self._status(f"{line} · Esc stops")
-        self.refresh_bindings()
         # A is the app's open model: its passes take turns with the bay's (hooks are shared)
-        start_job(self, job, compute, group="transfer", name=f"_transfer_{job}", model_lock=self.workbench.model_lock)
-
-    def _done(self, line: str) -> None:
-        self.job = None
-        self._status(line)
-        self.refresh_bindings()
+        self._start(job, line, compute, name=f"_transfer_{job}", model_lock=self.workbench.model_lock)
 
     def action_stop(self) -> None:
-        self.workers.cancel_group(self, "transfer")
+        self.workers.cancel_group(self, self.GROUP)
         if self.job is not None:
             self._status(f"{self.job}: stopping…")
 
@@ -351,7 +341,7 @@ class TransferScreen(Screen[None]):
             except ValueError:
                 self.app.notify(f"write a task and a number of steps, e.g. {DEFAULT_BLADE}", severity="error")
                 return
-            self.losses = []
+            self.losses, self.loss_steps, self.blade_steps = [], [], steps
 
             def compute(ctx: JobContext) -> Message:
                 from engine.transfer.blade_data import load_blade_task
@@ -438,15 +428,13 @@ class TransferScreen(Screen[None]):
                    f"{judged.over_random:.1f}× random, damage {judged.damage_ratio:.2f}× native · cosine "
                    f"{judged.cosine:.2f} (not judged by) · {'works' if judged.works else 'does not work'}")
 
-    @on(JobProgressed)
-    def _progress(self, message: JobProgressed) -> None:
-        message.stop()  # this screen's status line shows it, not the app's hidden one
+    def progressed(self, message: JobProgressed) -> None:
         step = blade_step(message.stage) if self.job == "blade" else None
         if step is not None:
+            self.loss_steps.append(step[0])
             self.losses.append(step[2])
+            self.blade_steps = step[1]
             self._draw_losses(f"blade loss, step {step[0]}/{step[1]}")
-        share = f" {message.fraction:.0%}" if message.fraction is not None else ""
-        self._status(f"{self.job}: {message.stage}{share} · Esc stops")
 
     def _draw_losses(self, title: str) -> None:
         widget = self.query_one("#transfer-loss", PlotextPlot)
@@ -454,7 +442,9 @@ class TransferScreen(Screen[None]):
         plt.clear_data()
         plt.clear_figure()
         if self.losses:
-            plt.plot(list(range(1, len(self.losses) + 1)), self.losses)
+            plt.plot(self.loss_steps, self.losses)
+        if self.blade_steps:
+            plt.xlim(0, self.blade_steps)  # the whole run from the first point on, not only the steps so far
         plt.title(title)
         plt.xlabel("step")
         widget.refresh()
@@ -463,6 +453,8 @@ class TransferScreen(Screen[None]):
     def _blade_trained(self, message: BladeTrained) -> None:
         self.blade_report = report = message.report
         self.losses = list(report.log.losses)  # the trainer's own record replaces the live points
+        self.loss_steps = list(range(1, len(self.losses) + 1))  # one loss per step, steps counted from 1
+        self.blade_steps = len(self.losses)
         self._draw_losses(f"blade loss over {len(self.losses)} steps (final {report.log.final_loss:.3f})")
         held = report.held_out
         scores = (("blade", held.blade), ("blade off", held.off), ("random blade", held.random))
@@ -471,13 +463,3 @@ class TransferScreen(Screen[None]):
         self._done(f"blade at {report.address_b} (depth {report.depth:.0%}): held-out loss {held.blade.loss:.4f} vs "
                    f"off {held.off.loss:.4f}, random {held.random.loss:.4f} · "
                    f"{'helps' if held.helps else 'does not help'}")
-
-    @on(JobFailed)
-    def _failed(self, message: JobFailed) -> None:
-        message.stop()  # the screen's own line says it; the app's job state is not this job's
-        self._done(f"{message.job} failed: {message.message}")
-
-    @on(JobCancelled)
-    def _cancelled(self, message: JobCancelled) -> None:
-        message.stop()
-        self._done(f"{message.job}: cancelled")

@@ -15,13 +15,16 @@ from typing import Any
 
 import yaml
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Static
 
 from garage_tui.controller import BuildReport, RecipeCheck, Workbench
-from garage_tui.messages import BuildRequested, FitsRequested, RecipeCheckRequested
+from garage_tui.jobs import start_job
+from garage_tui.messages import BuildRequested, FitsRequested, JobCancelled, JobFailed, RecipeCheckRequested
 from garage_tui.recipe_steps import (
     BAKE_HELP,
     attach_head,
@@ -39,6 +42,7 @@ from garage_tui.widgets.lists import KeyTable
 RECIPES = shipped_folder("recipes")  # the checkout's recipes/, or the wheel's copy
 NO_RECIPE = "No recipe: n starts one from the open model, o opens a recipe file."
 CONTINUATION_WIDTH = 30
+BAKE_READ = "reading the bin's directions"  # the pane's own job: its failures and cancels stay here
 
 
 def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
@@ -66,6 +70,13 @@ class BenchPane(Vertical):
         Binding("w", "write_recipe", "Write", show=False, id="bench.write"),
         Binding("B", "build", "Build", id="bench.build"),
     ]
+
+    class DirectionsRead(Message):
+        """The bin's direction parts, read in a worker for the bake question."""
+
+        def __init__(self, names: list[str]) -> None:
+            super().__init__()
+            self.names = names
 
     def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -300,10 +311,36 @@ class BenchPane(Vertical):
         self._ask(f"Parts that fit hybrid L{layer}.attn.h{head}: {', '.join(names)}. Use:", names[0], use)
 
     def action_add_bake(self) -> None:
-        """``a``: a bake step (a finish op) writing a direction part from the bin into the weights."""
-        names: list[str] = []
-        if self.workbench.has_parts_bin:
-            names = [record.name for record in self.workbench.parts_bin().list(kind="direction", keep_going=True)]
+        """``a``: a bake step (a finish op) writing a direction part from the bin into the weights.
+
+        The catalog is read in a worker (it may be large or on a slow disk); the question opens
+        with the bin's directions when they arrive.
+        """
+        workbench = self.workbench
+        if not workbench.has_parts_bin:
+            self._ask_bake([])
+            return
+        start_job(self, BAKE_READ, lambda ctx: self.DirectionsRead(workbench.read_direction_parts()),
+                  group="bench-bake", name="_bake_directions")
+
+    @on(DirectionsRead)
+    def _directions_read(self, message: DirectionsRead) -> None:
+        message.stop()
+        if self.recipe is not None:  # the recipe may have left the bench while the bin was read
+            self._ask_bake(message.names)
+
+    @on(JobFailed)
+    def _bake_read_failed(self, message: JobFailed) -> None:
+        if message.job == BAKE_READ:
+            message.stop()  # the app's own job line is not about this read
+            self.app.notify(f"cannot offer the bin's directions: {message.message}", severity="error", timeout=8)
+
+    @on(JobCancelled)
+    def _bake_read_cancelled(self, message: JobCancelled) -> None:
+        if message.job == BAKE_READ:
+            message.stop()  # a second a superseded the read: its own answer opens the question
+
+    def _ask_bake(self, names: list[str]) -> None:
         offered = f"; directions in the bin: {', '.join(names[:6])}" if names else "; the bin has no direction yet"
 
         def add(answer: str) -> None:
