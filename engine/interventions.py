@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from engine.addresses import Target, resolve, resolve_point
 from engine.anatomy import Anatomy
 from engine.errors import InterventionError
-from engine.registry import Registry
+from engine.intervention_kinds import INTERVENTIONS, InterventionKind, register_intervention
 from engine.sites import Site, head_view, site_for
 from engine.tensors import position_mean
 
@@ -112,28 +112,6 @@ class EditPlan:
     edit: Callable[[Tensor], Tensor | None] | None = None
     swap: tuple[str, nn.Module] | None = None
     observe: bool = False  # run after every edit at the site, seeing the final value
-
-
-@dataclass(frozen=True)
-class InterventionKind:
-    """How one kind of intervention is planned, described and serialised (see ``INTERVENTIONS``)."""
-
-    name: str
-    plan: Callable[[Anatomy, Intervention, RunMask | None], list[EditPlan]]  # the hook edits
-    describe: Callable[[Intervention], str]
-    fields: tuple[str, ...] = ()  # scalar fields ``to_dict`` writes beside kind and address
-    position_independent: Callable[[Intervention], bool] = lambda item: False
-    needs_mask: Callable[[Intervention], bool] = lambda item: False  # reads the pass's attention mask
-    # rebuilds one from its ``to_dict()`` document; None: it carries a tensor sessions do not store
-    restore: Callable[[dict[str, Any]], Intervention] | None = None
-
-
-INTERVENTIONS: Registry[InterventionKind] = Registry("intervention", InterventionError)
-
-
-def register_intervention(kind: InterventionKind) -> InterventionKind:
-    """Make ``kind`` known by name to ``edits_for``, ``describe`` and ``to_dict``."""
-    return INTERVENTIONS.register(kind.name, kind)
 
 
 @dataclass

@@ -92,7 +92,7 @@ def _report_view(report) -> dict:
     return view
 
 
-def _assert_light_equals_full(recipe) -> None:
+def _assert_light_equals_full(recipe, expect_light: bool = True) -> None:
     from engine.build import validate_recipe
     from engine.build.headers import ConfigView
 
@@ -102,7 +102,7 @@ def _assert_light_equals_full(recipe) -> None:
     assert light_view == full_view
     # the light plan's config agrees with transformers' on every key it states
     assert {k: full_config.get(k) for k in light_config} == light_config
-    if light.plan is not None:
+    if light.plan is not None and expect_light:
         assert isinstance(light.plan.config, ConfigView), "the light path fell back to transformers"
 
 
@@ -130,6 +130,7 @@ def test_light_validation_equals_transformers_on_tiny_llamas(tmp_path, changes):
                                                                            "kv": "keep"}]}]),
         "bad": recipe_text({"a": a, "b": b}, [{"take": "a.L7"}, {"take": "b.L0", "heads": [{"head": 9,
                                                                                           "from": "b.L0.h0"}]}]),
+        "override": recipe_text({"a": a, "b": b}, [{"take": "a.L0-3"}], config={"rms_norm_eps": 1e-5}),
     }
     for name, text in cases.items():
         path = tmp_path / f"{name}.json"
@@ -148,7 +149,9 @@ def test_light_defaults_are_transformers_defaults():
 
 
 @pytest.mark.slow  # starts a process per verb
-@pytest.mark.parametrize("name, code", [("smollm2-head-transplant", 0), ("invalid-mixed-architectures", 2)])
+# blend and finish ops load engine.plugins: the blade plugin must not pull torch in with them
+@pytest.mark.parametrize("name, code", [("smollm2-head-transplant", 0), ("smollm2-blend", 0), ("smollm2-widened", 0),
+                                        ("invalid-mixed-architectures", 2)])
 def test_recipe_check_imports_neither_torch_nor_transformers(tmp_path, name, code):
     from rich.console import Console
 
@@ -161,3 +164,38 @@ def test_recipe_check_imports_neither_torch_nor_transformers(tmp_path, name, cod
     print_report(validate_recipe(str(RECIPES / f"{name}.yaml")), expected)
     assert got == code
     assert " ".join(output.split()) == " ".join(expected.export_text().split())
+
+
+@pytest.mark.slow  # saves tiny models through transformers
+@pytest.mark.parametrize("broken", [
+    {"hidden_act": "bogus_act"}, {"rope_parameters": {"rope_type": "bogus", "rope_theta": 10000.0}},
+    {"pad_token_id": 100000}, {"num_key_value_heads": 0}, {"use_cache": "yes"}, {"attention_dropout": "x"},
+])
+def test_light_check_refuses_what_transformers_refuses(tmp_path, broken):
+    """A source config.json transformers would refuse is not waved through by the light path:
+    it goes the heavy way and both checks report the same problem."""
+    import json
+
+    from engine.build import load_recipe
+    from tests.test_build_tiny import recipe_text, save_tiny
+
+    a = save_tiny(tmp_path / "a", "llama", 0)
+    config = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**config, **broken}))
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe_text({"a": a}, [{"take": "a.L0-3"}]))
+    from engine.build import validate_recipe
+
+    assert not validate_recipe(load_recipe(str(path))).ok
+    _assert_light_equals_full(load_recipe(str(path)), expect_light=False)
+
+
+@pytest.mark.slow  # saves tiny models through transformers
+def test_light_check_of_a_bert_recipe_equals_transformers(tmp_path):
+    from engine.build import load_recipe
+    from tests.test_build_tiny import recipe_text, save_tiny
+
+    a = save_tiny(tmp_path / "a", "bert", 0)
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe_text({"a": a}, [{"take": "a.L0-3"}]))
+    _assert_light_equals_full(load_recipe(str(path)), expect_light=False)

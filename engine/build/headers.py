@@ -27,8 +27,20 @@ _SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermedia
 LIGHT_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": False,
               "mlp_bias": False},
+    # read light so a recipe refused before planning (mixed families) stays light; a bert plan
+    # converts back to transformers' config for its meta model (``plan.meta_model``)
     "bert": {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "tie_word_embeddings": True},
 }
+# Activations the light path accepts (transformers refuses names it does not know).
+_ACTIVATIONS = ("silu", "gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "tanh", "sigmoid")
+# Other llama keys and the types strict transformers wants; a wrong type goes the heavy way,
+# where transformers names it.
+_NUMBER, _WHOLE, _FLAG = (int, float), int, bool
+_LLAMA_TYPES: dict[str, tuple[type, ...] | type] = {
+    "attention_dropout": _NUMBER, "initializer_range": _NUMBER, "max_position_embeddings": _WHOLE,
+    "pretraining_tp": _WHOLE, "use_cache": _FLAG,
+}
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Keys transformers rewrites on load (legacy rotary settings): such a config goes the heavy way.
 _REWRITTEN = ("rope_theta", "rope_scaling")
 
@@ -74,14 +86,37 @@ def light_config(doc: dict[str, Any]) -> ConfigView | None:
         return None  # transformers refuses it with its own message
     doc = {**defaults, **doc}
     if model_type == "llama":
-        if not isinstance(doc.get("rope_parameters"), dict):
-            return None  # transformers fills and standardises the rotary settings
-        kv_heads = doc.get("num_key_value_heads") or doc["num_attention_heads"]
+        if not _plain_llama(doc):
+            return None  # transformers fills, standardises or refuses these settings itself
+        kv_heads = doc.get("num_key_value_heads")
+        kv_heads = doc["num_attention_heads"] if kv_heads is None else kv_heads
         if not _whole(kv_heads) or doc["num_attention_heads"] % kv_heads:
             return None
         doc.update(num_key_value_heads=kv_heads,
                    head_dim=doc.get("head_dim") or doc["hidden_size"] // doc["num_attention_heads"])
     return ConfigView(doc)
+
+
+def _plain_llama(doc: dict[str, Any]) -> bool:
+    """Default rotary settings, a known activation, and every other key transformers checks well typed."""
+    rope = doc.get("rope_parameters")
+    if (not isinstance(rope, dict) or set(rope) != {"rope_type", "rope_theta"} or rope["rope_type"] != "default"
+            or not isinstance(rope["rope_theta"], (int, float)) or isinstance(rope["rope_theta"], bool)
+            or not rope["rope_theta"] > 0):
+        return False
+    if doc.get("hidden_act") not in _ACTIVATIONS:
+        return False
+    for key, kinds in _LLAMA_TYPES.items():
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not _FLAG)):
+            return False
+    for key in _TOKEN_IDS:
+        ids = doc.get(key)
+        for token in ids if isinstance(ids, list) else [ids]:
+            if token is not None and (not isinstance(token, int) or isinstance(token, bool)
+                                      or not 0 <= token < doc["vocab_size"]):
+                return False
+    return True
 
 
 def _whole(value: Any) -> bool:

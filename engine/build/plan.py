@@ -78,8 +78,14 @@ def meta_model(config: Any):
     """``config``'s model class instantiated on the meta device (no memory, no weights)."""
     import torch
 
+    from engine.build.headers import ConfigView
     from engine.loading import model_class as _model_class
 
+    if isinstance(config, ConfigView):  # a light plan whose recipe overrides the config: transformers reads it
+        from transformers import AutoConfig
+
+        doc = config.to_dict()
+        config = AutoConfig.for_model(doc.pop("model_type"), **doc)
     with torch.device("meta"):
         return _model_class(config).from_config(copy.deepcopy(config))
 
@@ -223,9 +229,12 @@ class Planner:
             return None
         layout = config_layout(config) if self.light and not recipe.config else None  # overrides: meta
         if layout is None:
+            from huggingface_hub.errors import StrictDataclassError
+
             try:
                 model = meta_model(config)
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError) as exc:
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError, AssertionError,
+                    ArithmeticError, StrictDataclassError) as exc:
                 # what transformers raises for a config its model class cannot build
                 self.fail("config", f"the output config does not instantiate under the installed transformers: "
                                     f"{str(exc).splitlines()[0]}; fix the config overrides or the layer list")

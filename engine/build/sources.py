@@ -214,10 +214,11 @@ def _hub_folder(spec: str) -> Path:
 
 def _transformers_config(folder: Path) -> Any:
     import transformers
+    from huggingface_hub.errors import StrictDataclassError
 
     try:
         return transformers.AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, ArithmeticError, StrictDataclassError) as exc:
         raise SourceError(f"cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}") from exc
 
 

@@ -7,7 +7,26 @@ reruns the pass (not position-independent).
 
 from __future__ import annotations
 
-from engine.interventions import InterventionKind, register_intervention
-from engine.transfer.blade import describe_blade, plan_blade
+from typing import TYPE_CHECKING
 
-register_intervention(InterventionKind("blade", plan_blade, describe_blade))
+from engine.intervention_kinds import InterventionKind, register_intervention
+
+if TYPE_CHECKING:
+    from engine.anatomy import Anatomy
+    from engine.interventions import EditPlan, Intervention, RunMask
+
+
+# torch loads when a blade is planned or described, not when plugins are listed
+def _plan(anatomy: Anatomy, item: Intervention, mask: RunMask | None) -> list[EditPlan]:
+    from engine.transfer.blade import plan_blade
+
+    return plan_blade(anatomy, item, mask)
+
+
+def _describe(item: Intervention) -> str:
+    from engine.transfer.blade import describe_blade
+
+    return describe_blade(item)
+
+
+register_intervention(InterventionKind("blade", _plan, _describe))
