@@ -218,3 +218,171 @@ def test_worker_counts_outside_their_bounds_are_refused():
         PoolBackend(0)
     with pytest.raises(JobError, match="over the garage's limit of 1,024"):
         PoolBackend(10**6)
+
+
+def _hand_block_influence(folder: Path, max_tokens: int) -> list[float]:
+    """BI from the plain transformers model: forward hooks on every decoder layer, cosine by hand."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.sample_text import sample_text
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    raw = sample_text().encode("utf-8")[:max_tokens]
+    ids = torch.tensor([[b % model.config.vocab_size for b in raw]])
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [layer.register_forward_hook(lambda mod, args, kwargs, out, i=i: seen.__setitem__(
+        i, (kwargs.get("hidden_states", args[0] if args else None), out[0] if isinstance(out, tuple) else out)),
+        with_kwargs=True) for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    influence = []
+    for i in range(len(model.model.layers)):
+        h_in, h_out = (t[0, 1:].double() for t in seen[i])
+        cosine = (h_in * h_out).sum(-1) / (h_in.norm(dim=-1) * h_out.norm(dim=-1))
+        influence.append(float(1 - cosine.mean()))
+    return influence
+
+
+def test_block_influence_matches_a_hand_computation(tiny_llama):
+    from engine.search.warm import InfluenceTask, block_influence
+
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="block-influence"))
+    influence = block_influence(InfluenceTask(spec.base, 96))
+    assert influence == pytest.approx(_hand_block_influence(tiny_llama, 96), abs=1e-5)
+    assert len(influence) == LAYERS and all(0 < bi < 2 for bi in influence)
+
+
+def test_warm_start_spec_is_validated(tiny_llama):
+    assert load_search_spec(spec_doc(tiny_llama)).warm_start is None
+    assert load_search_spec(spec_doc(tiny_llama, warm_start="block-influence")).warm_start == "block-influence"
+    bad = [
+        ({"warm_start": "shortgpt"}, "warm_start must be one of block-influence"),
+        ({"warm_start": "block-influence", "parameters": [{"blend": 5, "with": "a.L4"}]}, "add a {drop"),
+        ({"warm_start": "block-influence", "budget": 1}, "at least 2 with warm_start"),
+    ]
+    for change, message in bad:
+        with pytest.raises(SearchSpecError, match=message):
+            load_search_spec(spec_doc(tiny_llama, **change))
+    # a warm start changes the trials, so a journal without one is refused
+    plain = load_search_spec(spec_doc(tiny_llama))
+    assert plain.fingerprint() != load_search_spec(spec_doc(tiny_llama, warm_start="block-influence")).fingerprint()
+
+
+def test_warm_points_follow_the_ranking(tiny_llama):
+    from engine.search.warm import prior_point, ranking, warm_points
+
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="block-influence"))
+    influence = [0.9, 0.3, 0.1, 0.4, 0.2, 0.5]  # candidates L1-L4: lowest BI L2, L4, L1, L3
+    assert ranking(spec, influence) == [2, 4, 1, 3]
+    prior = prior_point(spec, influence)
+    assert prior[:4] == pytest.approx([0.9 - 0.8 * 2 / 3, 0.9, 0.1, 0.9 - 0.8 / 3]) and prior[4:] == [0.5, 0.5]
+
+    def dropped(point):
+        kept = {layer["take"] for layer in trial_recipe(spec, point)["layers"] if "take" in layer}
+        return sorted(i for i in range(1, 5) if f"a.L{i}" not in kept)
+
+    points = warm_points(spec, influence)
+    # the 2 lowest-BI candidates, then each swapped for the next 2: L4 (weaker) first
+    assert [dropped(p) for p in points] == [[2, 4], [1, 2], [1, 4], [2, 3], [3, 4]]
+
+
+def test_warm_started_search_counts_its_pass_and_resumes(tiny_llama, tmp_path):
+    from engine.search.warm import prior_point
+
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="block-influence", budget=7))
+    full = run_search(spec, tmp_path / "warm.jsonl")
+    warm = full.to_dict()["warm_start"]
+    assert warm["evaluations"] == 1 and warm["enqueued"] == 5
+    assert len(full.trials) == 7 - 1 and full.evaluated == 6
+    influence = warm["block_influence"]
+    lowest = sorted(warm["ranking"][:2])
+    first_kept = {layer.get("take") for layer in full.trials[0].recipe["layers"]}
+    assert {f"a.L{i}" for i in lowest}.isdisjoint(first_kept)  # trial 0 drops the two lowest-BI layers
+    part = tmp_path / "part.jsonl"
+    assert run_search(spec, part, stop_after=3).stopped
+    resumed = run_search(spec, part)
+    assert resumed.evaluated == 3
+    assert [t.to_dict() for t in resumed.trials] == [t.to_dict() for t in full.trials]
+    cma = run_search(load_search_spec(spec_doc(tiny_llama, warm_start="block-influence", optimiser="cmaes",
+                                               budget=4)), tmp_path / "cma.jsonl")
+    # CMA-ES asks the prior point first (inside the bounds, so unchanged by its bound handling)
+    assert len(cma.trials) == 3 and cma.trials[0].point[:4] == pytest.approx(prior_point(spec, influence)[:4])
+
+
+def test_screen_spec_is_validated(tiny_llama):
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="screen", budget=8))
+    assert spec.screen_layers == 4 and spec.warm_cost == 5  # default 12, capped at the 4 drop candidates
+    assert load_search_spec(spec_doc(tiny_llama, warm_start="screen", screen_layers=3)).screen_layers == 3
+    bad = [
+        ({"warm_start": "bogus"}, "one of block-influence, screen"),
+        ({"warm_start": "screen", "screen_layers": 1}, r"from 2 \(the drop count\) to 4"),
+        ({"warm_start": "screen", "screen_layers": 5}, r"from 2 \(the drop count\) to 4"),
+        ({"warm_start": "screen", "screen_layers": "all"}, "screen_layers must be an integer"),
+        ({"warm_start": "block-influence", "screen_layers": 3}, "add warm_start: screen"),
+        ({"screen_layers": 3}, "add warm_start: screen"),
+        ({"warm_start": "screen", "screen_layers": 3, "budget": 4}, "at least 5 with warm_start screen"),
+        ({"warm_start": "screen", "parameters": [{"blend": 5, "with": "a.L4"}]}, "add a {drop"),
+    ]
+    for change, message in bad:
+        with pytest.raises(SearchSpecError, match=message):
+            load_search_spec(spec_doc(tiny_llama, **change))
+    changes = [{"warm_start": "block-influence"}, {"warm_start": "screen"},
+               {"warm_start": "screen", "screen_layers": 3}]
+    prints = {load_search_spec(spec_doc(tiny_llama, **change)).fingerprint() for change in changes}
+    assert len(prints) == 3  # a journal of one warm start is refused by another
+
+
+def _dropped(spec, doc: dict) -> list[int]:
+    kept = {layer["take"] for layer in doc["layers"] if "take" in layer}
+    return sorted(i for i in range(1, 5) if f"a.L{i}" not in kept)
+
+
+def test_screen_evaluates_single_drops_then_seeds_the_optimiser(tiny_llama, tmp_path):
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="screen", screen_layers=3, budget=9))
+    journal = tmp_path / "screen.jsonl"
+    full = run_search(spec, journal)
+    warm = full.to_dict()["warm_start"]
+    assert warm["kind"] == "screen" and warm["evaluations"] == 1 + 3 and warm["screen_evaluated"] == 3
+    # exactly the 3 lowest-BI candidates, each dropped alone, journaled as trials 0-2
+    screen = warm["screen"]
+    assert [s["layer"] for s in screen] == warm["ranking"][:3] and [s["number"] for s in screen] == [0, 1, 2]
+    lines = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert [line["number"] for line in lines] == list(range(8))
+    for s, line in zip(screen, lines, strict=False):
+        base_layers = spec.base["layers"]
+        alone = {**spec.base, "layers": [entry for i, entry in enumerate(base_layers) if i != s["layer"]]}
+        by_hand = evaluate_trial(TrialTask(0, (0.0,), alone, ("perplexity",), 96))
+        assert line["layers"] == LAYERS - 1 and line["values"] == s["values"] == [by_hand.perplexity]
+    # the rest of the budget is the optimiser's; single drops are never its trials nor the best
+    assert [t.number for t in full.trials] == [3, 4, 5, 6, 7] and full.evaluated == 5
+    assert warm["evaluations"] + len(full.trials) == spec.budget
+    assert full.best is not None and full.best.layers == LAYERS - 2
+    # its first trial drops the two best single drops; the next swaps the weaker one for the third best
+    best_first = [s["layer"] for s in sorted(screen, key=lambda s: (s["values"][0], s["layer"]))]
+    assert _dropped(spec, full.trials[0].recipe) == sorted(best_first[:2])
+    assert _dropped(spec, full.trials[1].recipe) == sorted([best_first[0], best_first[2]])
+
+
+def test_screened_search_resumes_mid_screen_and_mid_search(tiny_llama, tmp_path):
+    from engine.search.warm import prior_point
+
+    spec = load_search_spec(spec_doc(tiny_llama, warm_start="screen", screen_layers=3, budget=8))
+    full = run_search(spec, tmp_path / "full.jsonl")
+    for stop in (2, 5):  # inside the screen, then inside the optimiser's trials
+        part = tmp_path / f"part{stop}.jsonl"
+        first = run_search(spec, part, stop_after=stop)
+        assert first.stopped and len(part.read_text().splitlines()) == 1 + stop
+        resumed = run_search(spec, part)
+        assert not resumed.stopped and resumed.evaluated == 4 - max(stop - 3, 0)
+        assert resumed.to_dict()["warm_start"]["screen"] == full.to_dict()["warm_start"]["screen"]
+        assert [t.to_dict() for t in resumed.trials] == [t.to_dict() for t in full.trials]
+    cma_spec = load_search_spec(spec_doc(tiny_llama, warm_start="screen", screen_layers=3, optimiser="cmaes",
+                                         budget=6))
+    cma = run_search(cma_spec, tmp_path / "cma.jsonl")
+    warm = cma.to_dict()["warm_start"]
+    singles = {s["layer"]: s["values"][0] for s in warm["screen"]}
+    # CMA-ES asks the screen's prior point first (its drop scores: best single drops highest)
+    assert len(cma.trials) == 2 and cma.trials[0].number == 3
+    assert cma.trials[0].point[:4] == pytest.approx(prior_point(cma_spec, warm["block_influence"], singles)[:4])

@@ -12,6 +12,8 @@ from typing import Any
 
 from engine.search.spec import SearchSpec, SearchSpecError
 
+WARM_SIGMA = 0.15  # CMA-ES step size around a warm start's prior point (0.3 from the centre without one)
+
 
 class Optimiser:
     """``ask(n)`` → up to ``n`` points in [0, 1]^d; ``tell`` takes their objective values in the same order."""
@@ -26,7 +28,7 @@ class Optimiser:
 
 
 class OptunaOptimiser(Optimiser):
-    def __init__(self, spec: SearchSpec, batch: int) -> None:
+    def __init__(self, spec: SearchSpec, batch: int, warm: list[list[float]] | None = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,6 +38,9 @@ class OptunaOptimiser(Optimiser):
             sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(2, spec.budget // 4)))
         self._study = optuna.create_study(sampler=sampler, directions=["minimize"] * len(spec.objectives))
         self._names = spec.names
+        for point in warm or []:  # asked first, in order; the sampler fills the knobs a warm start says nothing of
+            self._study.enqueue_trial({name: value for name, value in zip(spec.names, point, strict=True)
+                                       if name.startswith("drop.")})
         self._pending: list[Any] = []
         self.batch = batch
 
@@ -50,21 +55,27 @@ class OptunaOptimiser(Optimiser):
 
 
 class CmaOptimiser(Optimiser):
-    def __init__(self, spec: SearchSpec, batch: int) -> None:
+    def __init__(self, spec: SearchSpec, batch: int, warm: list[list[float]] | None = None) -> None:
         with warnings.catch_warnings():  # cma warns on import when matplotlib (its plotting) is absent
             warnings.simplefilter("ignore", UserWarning)
             import cma
 
         if spec.dimension < 2:
             raise SearchSpecError("cmaes needs at least 2 searched coordinates; use optimiser tpe for one knob")
-        popsize = max(batch, 4 + int(3 * _log(spec.dimension)))
+        popsize = batch_size(spec, batch)
         options = {"seed": spec.seed + 1,  # cma treats seed 0 as "pick one from the clock"
                    "bounds": [0.0, 1.0], "verbose": -9, "popsize": popsize}
-        self._es = cma.CMAEvolutionStrategy([0.5] * spec.dimension, 0.3, options)
+        # a warm start centres the first generation on its prior point, tighter, and asks its points first
+        x0, sigma = (warm[0], WARM_SIGMA) if warm else ([0.5] * spec.dimension, 0.3)
+        self._es = cma.CMAEvolutionStrategy(x0, sigma, options)
+        self._warm = [list(point) for point in warm or []]
         self._asked: list[Any] = []
         self.batch = popsize
 
     def ask(self, limit: int) -> list[list[float]]:
+        if self._warm:
+            self._es.inject(self._warm[:self.batch], force=True)
+            self._warm = self._warm[self.batch:]
         self._asked = self._es.ask()
         return [[float(x) for x in point] for point in self._asked[:limit]]
 
@@ -80,8 +91,14 @@ def _log(value: int) -> float:
     return math.log(value)
 
 
-def make_optimiser(spec: SearchSpec, workers: int) -> Optimiser:
-    """The spec's optimiser, asking ``workers`` points at a time (a CMA-ES generation for cmaes)."""
+def batch_size(spec: SearchSpec, workers: int) -> int:
+    """Points asked at a time: the worker count, or for CMA-ES a generation (its default size, at least that)."""
+    return max(workers, 4 + int(3 * _log(spec.dimension))) if spec.optimiser == "cmaes" else workers
+
+
+def make_optimiser(spec: SearchSpec, workers: int, warm: list[list[float]] | None = None) -> Optimiser:
+    """The spec's optimiser, asking ``workers`` points at a time (a CMA-ES generation for cmaes);
+    ``warm`` points (a warm start's) are asked first."""
     if spec.optimiser == "cmaes":
-        return CmaOptimiser(spec, workers)
-    return OptunaOptimiser(spec, workers)
+        return CmaOptimiser(spec, workers, warm)
+    return OptunaOptimiser(spec, workers, warm)

@@ -16,10 +16,11 @@ from typing import Any
 from engine.errors import GarageError
 from engine.jobs import Backend, InProcessBackend
 from engine.search.journal import Journal, JournalError
-from engine.search.optimisers import make_optimiser
+from engine.search.optimisers import batch_size, make_optimiser
 from engine.search.space import trial_recipe
 from engine.search.spec import SearchSpec
 from engine.search.trial import TrialResult, TrialTask, evaluate_trial
+from engine.search.warm import WARM_COST, InfluenceTask, block_influence, ranking, screen_tasks, warm_points
 
 
 @dataclass
@@ -46,7 +47,8 @@ class SearchReport:
                 "replayed": len(self.trials) - self.evaluated, "requeued": self.requeued,
                 "stopped": self.stopped, "best_recipe": self.best_recipe,
                 "best": self.best.to_dict() if self.best else None, "pareto": self.pareto,
-                "trials": [{k: v for k, v in t.to_dict().items() if k != "recipe"} for t in self.trials]}
+                "trials": [{k: v for k, v in t.to_dict().items() if k != "recipe"} for t in self.trials],
+                **self.extra}
 
 
 def pareto_front(trials: list[TrialResult]) -> list[int]:
@@ -73,6 +75,14 @@ def write_best_recipe(result: TrialResult, path: Path, spec: SearchSpec) -> Path
     return path
 
 
+def _check_replay(journal: Journal, tasks: list[TrialTask]) -> None:
+    for task in tasks:
+        known = journal.results.get(task.number)
+        if known is not None and known.point != list(task.point):
+            raise JournalError(f"{journal.path} trial {task.number} does not match this run's optimiser "
+                               "(another library version?); pass a new --journal file")
+
+
 def run_search(
     spec: SearchSpec,
     journal_path: Path,
@@ -84,31 +94,70 @@ def run_search(
 ) -> SearchReport:
     """Run ``spec`` to its budget on ``backend`` (in-process by default), journaling every trial.
 
+    A warm start's pass runs first, as one job on ``backend``, and takes its share of the budget;
+    it is recomputed (not journaled) on resume, deterministic like a trial. A ``screen`` warm start's
+    single drops are journaled trials 0..N-1 (replayed on resume like any trial); they are reported
+    under ``extra["warm_start"]["screen"]``, not among ``trials``, and are never the best (wrong depth).
+
     ``on_trial(result, replayed)`` is called per trial in trial order; ``stop_after`` stops after
     that many new evaluations (a test hook for interruption; ``cancel`` is the user's Esc).
     """
     backend = backend or InProcessBackend()
-    optimiser = make_optimiser(spec, backend.workers)
-    journal = Journal(journal_path, spec, optimiser.batch)
+    extra: dict[str, Any] = {}
+    warm = None
+    journal = Journal(journal_path, spec, batch_size(spec, backend.workers))
+    evaluated = 0  # new evaluations by this call, for stop_after (the screen's included)
+
+    def stopped_early() -> SearchReport:
+        return SearchReport(name=spec.name, objectives=spec.objectives, optimiser=spec.optimiser,
+                            backend=backend.name, workers=backend.workers, trials=[], best=None, pareto=[],
+                            evaluated=0, requeued=backend.requeued, stopped=True, extra=extra)
+
+    if spec.warm_start:
+        influence = next((bi for _, bi in backend.run(block_influence, [(0, InfluenceTask(spec.base,
+                                                                                          spec.max_tokens))], cancel)),
+                         None)
+        if influence is None:  # cancelled during the pass: nothing to journal yet
+            return stopped_early()
+        extra["warm_start"] = {"kind": spec.warm_start, "evaluations": spec.warm_cost,
+                               "block_influence": [round(bi, 6) for bi in influence],
+                               "ranking": ranking(spec, influence)}
+        singles = None
+        if spec.screen_layers:
+            screen = screen_tasks(spec, influence)
+            _check_replay(journal, [t for _, t in screen])
+            todo = [(t.number, t) for _, t in screen if t.number not in journal.results]
+            if stop_after is not None:
+                todo = todo[:max(stop_after - evaluated, 0)]
+            for _, result in backend.run(evaluate_trial, todo, cancel):
+                journal.append(result)
+                evaluated += 1
+            extra["warm_start"]["screen_evaluated"] = evaluated
+            if any(t.number not in journal.results for _, t in screen):
+                return stopped_early()  # the next run replays the finished single drops
+            singles = {layer: journal.results[t.number].values[0] for layer, t in screen}
+            extra["warm_start"]["screen"] = [{"layer": layer, "number": t.number,
+                                              "values": journal.results[t.number].values} for layer, t in screen]
+        warm = warm_points(spec, influence, singles)
+        extra["warm_start"]["enqueued"] = len(warm)
+    optimiser = make_optimiser(spec, backend.workers, warm)
     trials: list[TrialResult] = []
-    evaluated = 0
+    new_trials = 0
     stopped = False
-    number = 0
-    while number < spec.budget and not stopped:
-        points = optimiser.ask(spec.budget - number)
+    number = spec.screen_layers  # journal numbers: the screen's single drops first, then the optimiser's trials
+    end = spec.budget - (WARM_COST if spec.warm_start else 0)
+    while number < end and not stopped:
+        points = optimiser.ask(end - number)
         tasks = [TrialTask(number + i, tuple(point), trial_recipe(spec, point), tuple(spec.objectives),
                            spec.max_tokens) for i, point in enumerate(points)]
-        for task in tasks:
-            known = journal.results.get(task.number)
-            if known is not None and known.point != list(task.point):
-                raise JournalError(f"{journal_path} trial {task.number} does not match this run's optimiser "
-                                   "(another library version?); pass a new --journal file")
+        _check_replay(journal, tasks)
         todo = [(t.number, t) for t in tasks if t.number not in journal.results]
         if stop_after is not None:
             todo = todo[:max(stop_after - evaluated, 0)]
         for _, result in backend.run(evaluate_trial, todo, cancel):
             journal.append(result)
             evaluated += 1
+            new_trials += 1
         if any(t.number not in journal.results for t in tasks):
             stopped = True  # cancelled or stop_after: the next run picks up from the journal
             break
@@ -128,4 +177,5 @@ def run_search(
         path = str(write_best_recipe(best, target, spec))
     return SearchReport(name=spec.name, objectives=spec.objectives, optimiser=spec.optimiser, backend=backend.name,
                         workers=backend.workers, trials=trials, best=best, pareto=pareto_front(trials),
-                        evaluated=evaluated, requeued=backend.requeued, best_recipe=path, stopped=stopped)
+                        evaluated=new_trials, requeued=backend.requeued, best_recipe=path, stopped=stopped,
+                        extra=extra)

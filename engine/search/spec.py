@@ -16,6 +16,11 @@ every knob must point at a plain ``take`` layer of the base recipe, and a sample
     budget: 20
     seed: 0
     max_tokens: 512                            # score the first N tokens of the bundled text
+    warm_start: block-influence                # optional: drop knobs start from ShortGPT's Block Influence
+                                               # (one forward pass, counted as one evaluation of the budget)
+                                               # or screen: that pass, then the single drop of each of the
+                                               # screen_layers (default 12) lowest-BI candidates, one
+                                               # evaluation each; the best single drops seed the optimiser
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GarageError
+from engine.search.warm import SCREEN_LAYERS, WARM_COST, WARM_STARTS
 
 SEARCH_VERSION = 1
 OBJECTIVES = ("perplexity", "bits_per_byte")
 OPTIMISERS = ("tpe", "nsga2", "cmaes")
 TOP_KEYS = {"search_version", "name", "recipe", "parameters", "objectives", "optimiser", "budget", "seed",
-            "max_tokens"}
+            "max_tokens", "warm_start", "screen_layers"}
 
 
 class SearchSpecError(GarageError):
@@ -76,6 +82,13 @@ class SearchSpec:
     max_tokens: int
     origin: str = "<dict>"
     names: list[str] = field(default_factory=list)
+    warm_start: str | None = None
+    screen_layers: int = 0  # single drops a ``screen`` warm start evaluates (0 without one)
+
+    @property
+    def warm_cost(self) -> int:
+        """Evaluations of the budget the warm start takes before the optimiser's first trial."""
+        return (WARM_COST if self.warm_start else 0) + self.screen_layers
 
     @property
     def dimension(self) -> int:
@@ -85,6 +98,10 @@ class SearchSpec:
         """Changes whenever anything that decides the trials changes (a journal must match it)."""
         doc = {"base": self.base, "knobs": [knob.__dict__ for knob in self.knobs], "objectives": self.objectives,
                "optimiser": self.optimiser, "seed": self.seed, "max_tokens": self.max_tokens}
+        if self.warm_start:  # only when set, so journals of searches without one keep their fingerprint
+            doc["warm_start"] = self.warm_start
+        if self.screen_layers:
+            doc["screen_layers"] = self.screen_layers
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -150,6 +167,33 @@ def _knob(entry: Any, index: int, layers: list[Any], origin: str) -> Knob:
     return Knob("heads", layer=layer, other=donor, heads=tuple(which))
 
 
+def _warm_start(doc: dict[str, Any], knobs: list[Knob], origin: str) -> str | None:
+    value = doc.get("warm_start")
+    if value is None:
+        return None
+    if value not in WARM_STARTS:
+        raise _fail(origin, f"warm_start must be one of {', '.join(WARM_STARTS)} (or left out), got {value!r}")
+    if not any(knob.kind == "drop" for knob in knobs):
+        raise _fail(origin, f"warm_start {value} ranks layers to drop; add a {{drop: [first, last], count: N}} "
+                            "parameter or leave warm_start out")
+    return str(value)
+
+
+def _screen_layers(doc: dict[str, Any], warm_start: str | None, knobs: list[Knob], origin: str) -> int:
+    candidates = len({knob.first + i for knob in knobs if knob.kind == "drop" for i in range(knob.size)})
+    if warm_start != "screen":
+        if "screen_layers" in doc:
+            raise _fail(origin, "screen_layers sets how many single drops warm_start screen evaluates; "
+                                "add warm_start: screen or leave screen_layers out")
+        return 0
+    count = max(knob.count for knob in knobs if knob.kind == "drop")
+    value = doc.get("screen_layers", min(SCREEN_LAYERS, candidates))
+    if not isinstance(value, int) or isinstance(value, bool) or not count <= value <= candidates:
+        raise _fail(origin, f"screen_layers must be an integer from {count} (the drop count) to {candidates} "
+                            f"(the drop candidates), got {value!r}")
+    return value
+
+
 def load_search_spec(path_or_doc: str | Path | dict[str, Any]) -> SearchSpec:
     """Read and validate a search spec (file or mapping); every problem raises ``SearchSpecError``."""
     from engine.build import load_recipe, validate_recipe
@@ -198,10 +242,20 @@ def load_search_spec(path_or_doc: str | Path | dict[str, Any]) -> SearchSpec:
     if len(objectives) > 1 and optimiser != "nsga2":
         raise _fail(origin, f"{len(objectives)} objectives need optimiser nsga2 (a Pareto front); "
                             f"{optimiser} optimises one")
+    warm_start = _warm_start(doc, knobs, origin)
+    screen = _screen_layers(doc, warm_start, knobs, origin)
+    budget = _int(doc, "budget", 20, origin, 1)
+    if warm_start and budget <= WARM_COST + screen:
+        spent = f"its pass counts as {WARM_COST} evaluation" if not screen else \
+            f"its pass and {screen} single drops count as {WARM_COST + screen} evaluations"
+        raise _fail(origin, f"budget must be at least {WARM_COST + screen + 1} with warm_start {warm_start}: "
+                            f"{spent}, got {budget}")
     spec = SearchSpec(name=str(doc.get("name") or Path(origin).stem), base=base, knobs=knobs,
-                      objectives=list(objectives), optimiser=optimiser,
-                      budget=_int(doc, "budget", 20, origin, 1), seed=_int(doc, "seed", 0, origin),
-                      max_tokens=_int(doc, "max_tokens", 512, origin, 2), origin=origin)
+                      objectives=list(objectives), optimiser=optimiser, budget=budget,
+                      seed=_int(doc, "seed", 0, origin), max_tokens=_int(doc, "max_tokens", 512, origin, 2),
+                      origin=origin, warm_start=warm_start, screen_layers=screen)
+    if optimiser == "cmaes" and sum(knob.size for knob in knobs) < 2:
+        raise _fail(origin, "cmaes needs at least 2 searched coordinates; use optimiser tpe for one knob")
     spec.names = [name for knob in knobs for name in knob.names()]
     from engine.search.space import trial_recipe
 
