@@ -12,12 +12,16 @@ per sign, the random-vector control, and damage (KL on neutral text) relative to
 Same tokenizer: ridge stitches at a few seams, with the fraction of loss recovered when B runs
 from A's mapped residual (0 = B's seam mean-ablated, 1 = B clean).
 
-    .venv/bin/python bench/bench_transfer.py [--pairs 10:6,15:9,20:12] [--max-chars 70000]
+    .venv/bin/python bench/bench_transfer.py [--pairs 14:8,15:9,10:6,20:12] [--max-chars 70000]
         [--task sentiment] [--skip-cross] [--skip-same] [--json results.json]
 
-Issue 15's reference probe (ridge, SmolLM2 L15 → Gemma L9, ~10k pairs, sentiment): held-out R²
-0.71 (random map −0.28), 86% of native on average over α = ±1, ±2 (+ ~100%, − ~55%), 4.1× the
-random control, damage 1.14× native (random 7.2×).
+Issue 15's reference probe (ridge, SmolLM2 layer 15 → Gemma layer 9, ~10k pairs, sentiment): held-out
+R² 0.71 (random map −0.28), 86% of native on average over α = ±1, ±2 (+ ~100%, − ~55%), 4.1× the
+random control, damage 1.14× native (random 7.2×). Its layer numbers are transformers'
+``hidden_states`` indices (0 is the embedding), i.e. the garage's L14.out → L8.out here.
+
+Sink rows (a row over ``SINK_RATIO`` × the chunk's median norm on either side) are left out of the
+fit and of R², as in ``garage stitch``; R² with them kept is printed beside it.
 """
 
 from __future__ import annotations
@@ -36,41 +40,38 @@ import torch  # noqa: E402
 
 from engine.loading import open_model  # noqa: E402
 from engine.transfer.judge import judge_transfer  # noqa: E402
-from engine.transfer.pairs import PairBatch, pairing_for, stitch_text  # noqa: E402
+from engine.transfer.pairs import pairing_for, sink_rows, stitch_text  # noqa: E402
 from engine.transfer.prompts import load_task, neutral_text  # noqa: E402
 from engine.transfer.stitch import Moments, Stitch, accumulate, fit_ridge  # noqa: E402
-from engine.transfer.sweep import _chunk_rows  # noqa: E402  # one pass captures every swept layer
+from engine.transfer.sweep import chunk_pairs  # noqa: E402  # one pass captures every swept layer
 
 
 def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _add(total: Moments, step: Moments) -> None:
-    total.count += step.count
-    total.sum_x += step.sum_x
-    total.sum_y += step.sum_y
-    total.xtx += step.xtx
-    total.xty += step.xty
-    total.sum_yy += step.sum_yy
-
-
 def fit_grid(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], text) -> dict[str, Any]:
-    """Ridge stitches for every layer pair from one streamed pass, scored on held-out chunks."""
+    """Ridge stitches for every layer pair from one streamed pass, scored on held-out chunks.
+
+    Sink rows are left out of the fit and of R² (as ``garage stitch`` does); R² with them kept is
+    scored too, to show what a handful of massive-activation rows do to it.
+    """
     pairing = pairing_for(loaded_a.tokenizer, loaded_b.tokenizer, text.train[0])
     moments: dict[tuple[int, int], Moments] = {}
+    sinks = dict.fromkeys(((i, j) for i in layers_a for j in layers_b), 0)
     started = time.perf_counter()
-    for rows_a, rows_b, ids_a, ids_b, index_a, index_b in _chunk_rows(
-            loaded_a, loaded_b, layers_a, layers_b, text.train, pairing, None, None, "fit"):
-        for i in layers_a:
-            for j in layers_b:
-                step = accumulate([PairBatch(rows_a[i], rows_b[j], ids_a, ids_b, index_a, index_b)])
-                if (i, j) in moments:
-                    _add(moments[(i, j)], step)
+    for batches in chunk_pairs(loaded_a, loaded_b, layers_a, layers_b, text.train, pairing, stage="fit"):
+        for key, batch in batches.items():
+            sinks[key] += batch.sinks
+            if batch.x.shape[0]:
+                step = accumulate([batch], minimum=1)
+                if key in moments:
+                    moments[key].add(step)
                 else:
-                    moments[(i, j)] = step
-    pairs = next(iter(moments.values())).count
-    log(f"  fitted {len(moments)} ridge stitches on {pairs} aligned pairs ({pairing.rule}) "
+                    moments[key] = step
+    pairs = {key: m.count for key, m in moments.items()}
+    log(f"  fitted {len(moments)} ridge stitches on {min(pairs.values())}–{max(pairs.values())} aligned pairs "
+        f"({pairing.rule}; {min(sinks.values())}–{max(sinks.values())} sink rows left out) "
         f"in {time.perf_counter() - started:.0f}s")
     stitches = {key: fit_ridge(m) for key, m in moments.items()}
     # the floor: a random map with the ridge map's Frobenius norm and the means matched
@@ -82,27 +83,36 @@ def fit_grid(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], text)
         weight = noise * (stitch.weight.norm() / noise.norm())
         bias = (moments[key].mean_y - moments[key].mean_x @ weight.double()).float()
         randoms[key] = Stitch("ridge", stitch.width_a, stitch.width_b, weight, bias)
-    sums = {key: [0, 0.0, 0.0, torch.zeros(s.width_b, dtype=torch.float64), 0.0, 0.0] for key, s in stitches.items()}
-    held = 0
-    for rows_a, rows_b, *_ in _chunk_rows(loaded_a, loaded_b, layers_a, layers_b, text.held_out, pairing, None,
-                                          None, "score"):
-        for (i, j), stitch in stitches.items():
-            true = rows_b[j].double()
-            mapped = stitch.apply(rows_a[i]).double()
-            entry = sums[(i, j)]
-            entry[0] += true.shape[0]
-            entry[1] += float(((mapped - true) ** 2).sum())
-            entry[2] += float(torch.nn.functional.cosine_similarity(mapped, true, dim=-1).sum())
-            entry[3] += true.sum(0)
-            entry[4] += float((true ** 2).sum())
-            entry[5] += float(((randoms[(i, j)].apply(rows_a[i]).double() - true) ** 2).sum())
-        held += rows_a[layers_a[0]].shape[0]
-    grid = {}
-    for key, (count, sse, cosine_sum, sum_y, sum_yy, sse_random) in sums.items():
+    # per pair and per kept/all rows: count, SSE, cosine sum, Σy, Σy², random-map SSE
+    sums = {(key, part): [0, 0.0, 0.0, torch.zeros(s.width_b, dtype=torch.float64), 0.0, 0.0]
+            for key, s in stitches.items() for part in ("kept", "all")}
+    for batches in chunk_pairs(loaded_a, loaded_b, layers_a, layers_b, text.held_out, pairing, stage="score",
+                               keep_sinks=True):
+        for key, stitch in stitches.items():
+            batch = batches[key]
+            kept = ~(sink_rows(batch.x) | sink_rows(batch.y))
+            for part, rows in (("kept", kept), ("all", torch.ones_like(kept))):
+                x, true = batch.x[rows], batch.y[rows].double()
+                mapped = stitch.apply(x).double()
+                entry = sums[(key, part)]
+                entry[0] += true.shape[0]
+                entry[1] += float(((mapped - true) ** 2).sum())
+                entry[2] += float(torch.nn.functional.cosine_similarity(mapped, true, dim=-1).sum())
+                entry[3] += true.sum(0)
+                entry[4] += float((true ** 2).sum())
+                entry[5] += float(((randoms[key].apply(x).double() - true) ** 2).sum())
+    grid: dict[tuple[int, int], dict[str, Any]] = {}
+    for (key, part), (count, sse, cosine_sum, sum_y, sum_yy, sse_random) in sums.items():
         sst = sum_yy - float((sum_y ** 2).sum()) / count
-        grid[key] = {"r2": 1 - sse / sst, "cosine": cosine_sum / count, "r2_random_map": 1 - sse_random / sst,
-                     "train_pairs": moments[key].count, "held_out_pairs": count}
-    return {"stitches": stitches, "grid": grid, "alignment": pairing.rule, "held_out_pairs": held}
+        if part == "kept":
+            grid.setdefault(key, {}).update({
+                "r2": 1 - sse / sst, "cosine": cosine_sum / count, "r2_random_map": 1 - sse_random / sst,
+                "train_pairs": moments[key].count, "train_sinks": sinks[key], "held_out_pairs": count})
+        else:
+            grid.setdefault(key, {}).update({"r2_with_sinks": 1 - sse / sst, "held_out_all": count})
+    for value in grid.values():
+        value["held_out_sinks"] = value.pop("held_out_all") - value["held_out_pairs"]
+    return {"stitches": stitches, "grid": grid, "alignment": pairing.rule}
 
 
 def cross_family(args) -> dict[str, Any]:
@@ -115,11 +125,12 @@ def cross_family(args) -> dict[str, Any]:
     text = stitch_text(("pydoc",), max_chars=args.max_chars)
     fitted = fit_grid(smol, gemma, layers_a, layers_b, text)
     grid = fitted["grid"]
-    log("\nheld-out R² of a ridge stitch (random map in brackets), rows SmolLM2 layer, columns Gemma layer")
-    log("        " + "".join(f"{f'G L{b}':>18}" for b in layers_b))
+    log("\nheld-out R² of a ridge stitch, sink rows left out (kept: second; random map: third), "
+        "rows SmolLM2 layer, columns Gemma layer")
+    log("        " + "".join(f"{f'G L{b}':>22}" for b in layers_b))
     for a in layers_a:
-        log(f"S L{a:<4}" + "".join(f"{grid[(a, b)]['r2']:>9.3f} ({grid[(a, b)]['r2_random_map']:>6.2f})"
-                                   for b in layers_b))
+        log(f"S L{a:<4}" + "".join(f"{grid[(a, b)]['r2']:>8.3f} {grid[(a, b)]['r2_with_sinks']:>6.3f} "
+                                   f"{grid[(a, b)]['r2_random_map']:>6.2f}" for b in layers_b))
     task = load_task(args.task)
     neutral = neutral_text(args.neutral_chunks, 400)
     judged = []
@@ -158,7 +169,8 @@ def cross_family(args) -> dict[str, Any]:
 
 
 def same_tokenizer(args) -> dict[str, Any]:
-    from engine.build import load_recipe, preview
+    from engine.build import load_recipe
+    from engine.build.preview import preview
     from engine.transfer.fitting import fit_stitch
     from engine.transfer.widen import widened_loaded
 
@@ -189,9 +201,9 @@ def same_tokenizer(args) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", default="10:6,15:9,20:12", help="SmolLM2:Gemma layer pairs to judge")
-    parser.add_argument("--grid-a", type=int, nargs="*", default=[10, 15, 20], help="SmolLM2 layers for the R² grid")
-    parser.add_argument("--grid-b", type=int, nargs="*", default=[6, 9, 12], help="Gemma layers for the R² grid")
+    parser.add_argument("--pairs", default="14:8,15:9,10:6,20:12", help="SmolLM2:Gemma layer pairs to judge")
+    parser.add_argument("--grid-a", type=int, nargs="*", default=[10, 14, 15, 20], help="SmolLM2 layers (R² grid)")
+    parser.add_argument("--grid-b", type=int, nargs="*", default=[6, 8, 9, 12], help="Gemma layers (R² grid)")
     parser.add_argument("--max-chars", type=int, default=70_000, help="pydoc text (~10k aligned training pairs)")
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--neutral-chunks", type=int, default=2)

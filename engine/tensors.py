@@ -49,3 +49,28 @@ def position_mean(activation: Tensor, mask: Tensor | None = None) -> Tensor:
 def dtype_from_name(name: str) -> torch.dtype:
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     return table[name]
+
+
+# a row over this many times the median row norm is a massive-activation sink, not text: SmolLM2's
+# first token (~160x from L11 up), Gemma 3's '’' (~9x); text rows stay under ~2x
+SINK_RATIO = 4.0
+
+
+def sink_rows(rows: Tensor, ratio: float = SINK_RATIO) -> Tensor:
+    """True for the rows ``[n, d]`` whose norm is over ``ratio`` x the median row norm.
+
+    A handful of such rows in held-out text decide R² (one Gemma row at 9x the median took
+    SmolLM2 L14 -> Gemma L8 from 0.72 to 0.55) and pull a ridge map towards themselves.
+    """
+    norms = rows.float().norm(dim=-1)
+    return norms > ratio * norms.median() if norms.numel() else norms > 0
+
+
+def text_rows(rows: Tensor) -> Tensor:
+    """The rows ``[pos, d]`` of one prompt that carry its text: position 0 (the attention sink of
+    most decoders, identical across prompts that start alike) and any sink row left out. A mean
+    over all positions lets the sink's huge norm leak into a difference of two prompt sets
+    whenever their lengths differ (at SmolLM2 L14 such a DiffMean had cos 0.36 with this one)."""
+    rows = rows[1:] if rows.shape[0] > 1 else rows
+    keep = ~sink_rows(rows)
+    return rows[keep] if bool(keep.any()) else rows

@@ -20,6 +20,7 @@ from engine.loading import LoadedModel
 from engine.progress import scaled
 from engine.run import run
 from engine.runner import encode
+from engine.tensors import text_rows
 
 
 @dataclass
@@ -53,7 +54,7 @@ def _mean_residual(loaded: LoadedModel, layer: int, prompts: Sequence[str], canc
     for index, prompt in enumerate(prompts):
         tap = run(loaded, encode(loaded, prompt), capture=[address], cancel=cancel,
                   progress=scaled(progress, index / len(prompts), (index + 1) / len(prompts))).tap
-        means.append(tap[address][0].double().mean(dim=0))
+        means.append(text_rows(tap[address][0].double()).mean(dim=0))
     return torch.stack(means).mean(dim=0)
 
 
@@ -66,7 +67,8 @@ def steering_vector(
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
 ) -> SteeringVector:
-    """Mean over prompts (of the mean over tokens) of ``L{layer}.out``: positive minus negative."""
+    """Mean over prompts (of the mean over each prompt's text rows, ``engine.tensors.text_rows``:
+    position 0 and sink rows left out) of ``L{layer}.out``: positive minus negative."""
     n_layers = loaded.anatomy.n_layers
     if not 0 <= layer < n_layers:
         raise GarageError(f"layer {layer} is out of range: this model has layers 0–{n_layers - 1}")

@@ -23,6 +23,7 @@ class FitMetrics:
     r2: float  # 1 − SSE / SST over all dims (explained variance)
     mean_cosine: float  # mean over rows of cos(mapped, true)
     pairs: int
+    sinks: int = 0  # held-out rows left out as massive-activation sinks (``engine.transfer.pairs.sink_rows``)
 
 
 @dataclass
@@ -48,10 +49,11 @@ class LossRecovery:
 
 def fit_metrics(stitch: Stitch, batches: Iterable[PairBatch]) -> FitMetrics:
     """R² and mean cosine of ``stitch`` over a stream of held-out pairs (sums only are kept)."""
-    count, sse, cosine_sum = 0, 0.0, 0.0
+    count, sse, cosine_sum, sinks = 0, 0.0, 0.0, 0
     sum_y: Tensor | None = None
     sum_yy = 0.0
     for batch in batches:
+        sinks += batch.sinks
         mapped = stitch.apply(batch.x).double()
         true = batch.y.double()
         sse += float(((mapped - true) ** 2).sum())
@@ -60,9 +62,9 @@ def fit_metrics(stitch: Stitch, batches: Iterable[PairBatch]) -> FitMetrics:
         sum_yy += float((true ** 2).sum())
         count += true.shape[0]
     if sum_y is None or count == 0:
-        return FitMetrics(float("nan"), float("nan"), 0)
+        return FitMetrics(float("nan"), float("nan"), 0, sinks)
     sst = sum_yy - float((sum_y ** 2).sum()) / count
-    return FitMetrics(1.0 - sse / sst, cosine_sum / count, count)
+    return FitMetrics(1.0 - sse / sst, cosine_sum / count, count, sinks)
 
 
 def _next_token_loss(logits: Tensor, ids: Tensor) -> tuple[float, int]:

@@ -19,8 +19,10 @@ from torch import Tensor
 
 from engine.errors import GarageError
 from engine.progress import Progress, check_cancel, notify
+from engine.tensors import SINK_RATIO, sink_rows
 
-__all__ = ["Pairing", "PairBatch", "TextSplit", "align_positions", "pair_batches", "pairing_for", "stitch_text"]
+__all__ = ["SINK_RATIO", "Pairing", "PairBatch", "TextSplit", "align_positions", "pair_batches", "pairing_for",
+           "sink_rows", "stitch_text", "without_sinks"]
 
 ALIGN_SAME_TOKENS = "same-token-positions"
 ALIGN_CHAR_OFFSETS = "shared-token-end-offsets"
@@ -49,6 +51,7 @@ class PairBatch:
     ids_b: Tensor  # [1, T_B]
     positions_a: Tensor  # [n] A's positions of the rows
     positions_b: Tensor  # [n]
+    sinks: int = 0  # paired rows of the chunk left out as sinks (``sink_rows`` on either side)
 
 
 @dataclass
@@ -96,6 +99,13 @@ def stitch_text(sources: tuple[str, ...] = ("sample", "pydoc"), chunk_chars: int
     return TextSplit(train, held, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
+def without_sinks(batch: PairBatch) -> PairBatch:
+    """``batch`` with the rows that are sinks on either side left out (counted in ``sinks``)."""
+    keep = ~(sink_rows(batch.x) | sink_rows(batch.y))
+    return PairBatch(batch.x[keep], batch.y[keep], batch.ids_a, batch.ids_b, batch.positions_a[keep],
+                     batch.positions_b[keep], batch.sinks + int((~keep).sum()))
+
+
 def encode_with_offsets(tokenizer: Any, text: str) -> tuple[Tensor, list[tuple[int, int]]]:
     encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
     return encoded.input_ids, [tuple(pair) for pair in encoded.offset_mapping[0].tolist()]
@@ -139,7 +149,7 @@ def paired_chunk(loaded_a: Any, loaded_b: Any, chunk: str,
 def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, chunks: list[str], *,
                  pairing: Pairing, cancel: threading.Event | None = None, progress: Progress | None = None,
                  stage: str = "pairing") -> Iterator[PairBatch]:
-    """Yield each chunk's paired residuals (position 0 left out: its attention-sink norm swamps a fit)."""
+    """Yield each chunk's paired residuals; position 0 and sink rows (``sink_rows``) are left out."""
     from engine.run import run
 
     for index, chunk in enumerate(chunks):
@@ -154,5 +164,6 @@ def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, c
             h_b = run(loaded_b, ids_b.to(loaded_b.input_device), capture=[address_b], cancel=cancel,
                       last_logits_only=True).tap[address_b]
         index_a, index_b = torch.tensor(positions_a), torch.tensor(positions_b)
-        yield PairBatch(h_a[0, index_a].float().cpu(), h_b[0, index_b].float().cpu(), ids_a, ids_b, index_a, index_b)
+        yield without_sinks(PairBatch(h_a[0, index_a].float().cpu(), h_b[0, index_b].float().cpu(), ids_a, ids_b,
+                                      index_a, index_b))
     notify(progress, stage, 1.0)

@@ -37,7 +37,7 @@ def report_document(report: StitchReport) -> dict[str, Any]:
         "alignment": report.alignment, "text_digest": report.text_digest, "fit_pairs": report.stitch.fit_pairs,
         "rank": report.stitch.rank, "settings": dict(report.stitch.extra),
         "held_out": {"r2": report.held_out.r2, "mean_cosine": report.held_out.mean_cosine,
-                     "pairs": report.held_out.pairs},
+                     "pairs": report.held_out.pairs, "sinks": report.held_out.sinks},
         "loss": None if loss is None else {
             "a": loss.loss_a, "b_clean": loss.loss_b_clean, "b_zero": loss.loss_b_zero, "b_mean": loss.loss_b_mean,
             "stitched": loss.loss_stitched, "recovered_vs_zero": loss.recovered_vs_zero,

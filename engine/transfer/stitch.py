@@ -46,8 +46,17 @@ class Moments:
     def mean_y(self) -> Tensor:
         return self.sum_y / self.count
 
+    def add(self, other: Moments) -> None:
+        """Fold another stream's sums into these."""
+        self.count += other.count
+        self.sum_x += other.sum_x
+        self.sum_y += other.sum_y
+        self.xtx += other.xtx
+        self.xty += other.xty
+        self.sum_yy += other.sum_yy
 
-def accumulate(batches: Iterable[PairBatch]) -> Moments:
+
+def accumulate(batches: Iterable[PairBatch], minimum: int = 2) -> Moments:
     """Sum a stream of pair batches into ``Moments`` (float64, one batch held at a time)."""
     moments: Moments | None = None
     for batch in batches:
@@ -64,7 +73,7 @@ def accumulate(batches: Iterable[PairBatch]) -> Moments:
         moments.xtx += x.T @ x
         moments.xty += x.T @ y
         moments.sum_yy += (y * y).sum(0)
-    if moments is None or moments.count < 2:
+    if moments is None or moments.count < minimum:
         raise TransferError("no paired positions were found in the text; pass more text or check both tokenizers")
     return moments
 

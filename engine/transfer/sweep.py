@@ -7,16 +7,17 @@ keeps only its float64 moments, so memory grows with the number of pairs, not wi
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from engine.progress import Progress, check_cancel, notify
-from engine.transfer.pairs import PairBatch, TextSplit, paired_chunk, pairing_for
+from engine.transfer.pairs import PairBatch, TextSplit, paired_chunk, pairing_for, without_sinks
 from engine.transfer.stitch import Moments, accumulate, fit_ridge
 
-__all__ = ["LayerSweep", "sweep_layers"]
+__all__ = ["LayerSweep", "chunk_pairs", "sweep_layers"]
 
 
 @dataclass
@@ -36,8 +37,11 @@ class LayerSweep:
         return self.layers_a[i], self.layers_b[j], score
 
 
-def _chunk_rows(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], chunks: list[str], pairing,
-                cancel: threading.Event | None, progress: Progress | None, stage: str):
+def chunk_pairs(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], chunks: list[str], pairing,
+                cancel: threading.Event | None = None, progress: Progress | None = None, stage: str = "pairing",
+                keep_sinks: bool = False) -> Iterator[dict[tuple[int, int], PairBatch]]:
+    """Per chunk, one ``PairBatch`` for every layer pair (sinks left out as ``pair_batches`` does,
+    unless ``keep_sinks``), from one forward pass of each model that captures all the layers."""
     from engine.run import run
 
     for index, chunk in enumerate(chunks):
@@ -54,7 +58,9 @@ def _chunk_rows(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], ch
         index_a, index_b = torch.tensor(positions_a), torch.tensor(positions_b)
         rows_a = {i: tap_a[f"L{i}.out"][0, index_a].float().cpu() for i in layers_a}
         rows_b = {j: tap_b[f"L{j}.out"][0, index_b].float().cpu() for j in layers_b}
-        yield rows_a, rows_b, ids_a, ids_b, index_a, index_b
+        keep = (lambda batch: batch) if keep_sinks else without_sinks
+        yield {(i, j): keep(PairBatch(rows_a[i], rows_b[j], ids_a, ids_b, index_a, index_b))
+               for i in layers_a for j in layers_b}
 
 
 def sweep_layers(loaded_a, loaded_b, text: TextSplit, *, every_a: int = 5, every_b: int = 5, ridge: float = 1e-6,
@@ -64,30 +70,24 @@ def sweep_layers(loaded_a, loaded_b, text: TextSplit, *, every_a: int = 5, every
     layers_b = list(range(0, loaded_b.anatomy.n_layers, every_b))
     pairing = pairing_for(loaded_a.tokenizer, loaded_b.tokenizer, text.train[0])
     moments: dict[tuple[int, int], Moments] = {}
-    for rows_a, rows_b, ids_a, ids_b, index_a, index_b in _chunk_rows(
-            loaded_a, loaded_b, layers_a, layers_b, text.train, pairing, cancel, progress, "sweep: fitting"):
-        for i in layers_a:
-            for j in layers_b:
-                batch = PairBatch(rows_a[i], rows_b[j], ids_a, ids_b, index_a, index_b)
-                step = accumulate([batch])
-                if (i, j) in moments:
-                    total = moments[(i, j)]
-                    total.count += step.count
-                    total.sum_x += step.sum_x
-                    total.sum_y += step.sum_y
-                    total.xtx += step.xtx
-                    total.xty += step.xty
-                    total.sum_yy += step.sum_yy
-                else:
-                    moments[(i, j)] = step
+    for batches in chunk_pairs(loaded_a, loaded_b, layers_a, layers_b, text.train, pairing, cancel, progress,
+                               "sweep: fitting"):
+        for pair, batch in batches.items():
+            if batch.x.shape[0] == 0:
+                continue
+            step = accumulate([batch], minimum=1)
+            if pair in moments:
+                moments[pair].add(step)
+            else:
+                moments[pair] = step
     stitches = {pair: fit_ridge(m, ridge) for pair, m in moments.items()}
     # held-out scoring keeps sums per pair only (SSE, cosine sum, Σy, Σy²), never the rows
     sums: dict[tuple[int, int], list[Any]] = {pair: [0, 0.0, 0.0, None, 0.0] for pair in stitches}
-    for rows_a, rows_b, *_ in _chunk_rows(loaded_a, loaded_b, layers_a, layers_b, text.held_out, pairing, cancel,
-                                          progress, "sweep: scoring"):
-        for (i, j), stitch in stitches.items():
-            mapped, true = stitch.apply(rows_a[i]).double(), rows_b[j].double()
-            entry = sums[(i, j)]
+    for batches in chunk_pairs(loaded_a, loaded_b, layers_a, layers_b, text.held_out, pairing, cancel, progress,
+                               "sweep: scoring"):
+        for pair, stitch in stitches.items():
+            mapped, true = stitch.apply(batches[pair].x).double(), batches[pair].y.double()
+            entry = sums[pair]
             entry[0] += true.shape[0]
             entry[1] += float(((mapped - true) ** 2).sum())
             entry[2] += float(torch.nn.functional.cosine_similarity(mapped, true, dim=-1).sum())
