@@ -342,8 +342,13 @@ def _dropped(spec, doc: dict) -> list[int]:
 def test_screen_evaluates_single_drops_then_seeds_the_optimiser(tiny_llama, tmp_path):
     spec = load_search_spec(spec_doc(tiny_llama, warm_start="screen", screen_layers=3, budget=9))
     journal = tmp_path / "screen.jsonl"
-    full = run_search(spec, journal)
+    heard: list[tuple[str, float | None]] = []
+    full = run_search(spec, journal, progress=lambda stage, fraction: heard.append((stage, fraction)))
     warm = full.to_dict()["warm_start"]
+    # the warm start is not a trial: progress tells a watcher (the TUI's status line) what it does
+    assert heard[0][0].startswith("warm start: block influence")
+    assert [stage.split(" ")[3] for stage, _ in heard[1:]] == [f"L{s['layer']}" for s in warm["screen"]]
+    assert [fraction for _, fraction in heard[1:]] == pytest.approx([1 / 3, 2 / 3, 1])
     assert warm["kind"] == "screen" and warm["evaluations"] == 1 + 3 and warm["screen_evaluated"] == 3
     # exactly the 3 lowest-BI candidates, each dropped alone, journaled as trials 0-2
     screen = warm["screen"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import GarageError
 from engine.jobs import Backend, InProcessBackend
+from engine.progress import Progress, notify
 from engine.search.journal import Journal, JournalError
 from engine.search.optimisers import batch_size, make_optimiser
 from engine.search.space import trial_recipe
@@ -91,6 +92,7 @@ def run_search(
     cancel: threading.Event | None = None,
     best_recipe_path: Path | None = None,
     stop_after: int | None = None,
+    progress: Progress | None = None,
 ) -> SearchReport:
     """Run ``spec`` to its budget on ``backend`` (in-process by default), journaling every trial.
 
@@ -99,7 +101,8 @@ def run_search(
     single drops are journaled trials 0..N-1 (replayed on resume like any trial); they are reported
     under ``extra["warm_start"]["screen"]``, not among ``trials``, and are never the best (wrong depth).
 
-    ``on_trial(result, replayed)`` is called per trial in trial order; ``stop_after`` stops after
+    ``progress`` hears the warm start's steps (they are not trials, so ``on_trial`` never sees
+    them). ``on_trial(result, replayed)`` is called per trial in trial order; ``stop_after`` stops after
     that many new evaluations (a test hook for interruption; ``cancel`` is the user's Esc).
     """
     backend = backend or InProcessBackend()
@@ -114,6 +117,7 @@ def run_search(
                             evaluated=0, requeued=backend.requeued, stopped=True, extra=extra)
 
     if spec.warm_start:
+        notify(progress, "warm start: block influence of every layer", 0.0)
         influence = next((bi for _, bi in backend.run(block_influence, [(0, InfluenceTask(spec.base,
                                                                                           spec.max_tokens))], cancel)),
                          None)
@@ -129,9 +133,12 @@ def run_search(
             todo = [(t.number, t) for _, t in screen if t.number not in journal.results]
             if stop_after is not None:
                 todo = todo[:max(stop_after - evaluated, 0)]
+            layers = dict((t.number, layer) for layer, t in screen)
             for _, result in backend.run(evaluate_trial, todo, cancel):
                 journal.append(result)
                 evaluated += 1
+                notify(progress, f"warm start: without L{layers[result.number]} {result.values[0]:.4g} "
+                                 f"({evaluated}/{len(screen)} single drops)", evaluated / len(screen))
             extra["warm_start"]["screen_evaluated"] = evaluated
             if any(t.number not in journal.results for _, t in screen):
                 return stopped_early()  # the next run replays the finished single drops

@@ -296,7 +296,7 @@ class SearchScreen(JobScreen):
                                        front))
 
         journal.parent.mkdir(parents=True, exist_ok=True)
-        return self.Finished(run_search(spec, journal, on_trial=arrived, cancel=stop))
+        return self.Finished(run_search(spec, journal, on_trial=arrived, cancel=stop, progress=ctx.progress))
 
     def action_stop(self) -> None:
         """Esc: stop between trials; what finished is in the journal and ``R`` continues it."""
