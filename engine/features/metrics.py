@@ -115,3 +115,17 @@ def evaluate_coder(loaded: Any, coder: SparseCoder, address: str, windows: Itera
         ce_loss_score=(ce_zero - ce_spliced) / denominator if denominator != 0 else 0.0,
         ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero=ce_zero, tokens=tokens,
     )
+
+
+def activation_metrics(coder: SparseCoder, x: Tensor) -> dict[str, float]:
+    """The reconstruction metrics above (no CE: that needs model runs) of ``coder`` on activation rows
+    ``x`` ``[N, d_in]``: cheap enough to watch a long training run with."""
+    with torch.no_grad():
+        acts = coder.encode(x.float())
+        recon = coder.decode(acts, x.float())
+    xd, rd = x.double(), recon.double()
+    sq_err = float((xd - rd).square().sum())
+    total_var = float((xd - xd.mean(0)).square().sum())
+    return {"explained_variance": 1.0 - sq_err / total_var if total_var > 0 else 0.0,
+            "l0": float((acts > 0).sum()) / x.shape[0], "dead_share": float((~(acts > 0).any(0)).double().mean()),
+            "mse": sq_err / xd.numel(), "cosine": float(torch.nn.functional.cosine_similarity(xd, rd, dim=-1).mean())}

@@ -36,7 +36,13 @@ def register(subparsers) -> None:
     train.add_argument("--k", type=int, default=32, help="active features per token (default 32)")
     train.add_argument("--source", action="append", metavar="SRC",
                        help="sample, pydoc or a text file (repeatable; default pydoc and sample)")
-    train.add_argument("--tokens", type=int, default=200_000, help="token budget (default 200000)")
+    train.add_argument("--tokens", type=int, default=None,
+                       help="training tokens over all epochs (default 200000 for one pass, no cap with "
+                            "--epochs or --budget-cpu-seconds)")
+    train.add_argument("--epochs", type=int, default=1,
+                       help="passes over the text; later ones reuse the first pass's activations (default 1)")
+    train.add_argument("--budget-cpu-seconds", type=float, default=None,
+                       help="stop after this much process CPU time, then evaluate (2 cores x 30 min = 3600)")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--checkpoint", help="folder for checkpoints (needed to --resume)")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -107,7 +113,10 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.parts import PartsBin
 
     config = TrainConfig(address=args.at, expansion=args.expansion, k=args.k,
-                         sources=args.source or ["pydoc", "sample"], max_tokens=args.tokens, lr=args.lr)
+                         sources=args.source or ["pydoc", "sample"], lr=args.lr, epochs=args.epochs,
+                         budget_cpu_seconds=args.budget_cpu_seconds,
+                         max_tokens=args.tokens if args.tokens is not None or args.epochs > 1
+                         or args.budget_cpu_seconds is not None else 200_000)
     cancel = threading.Event()
     # Ctrl-C asks the trainer to stop at the next step (saving a checkpoint) instead of killing it mid-write
     previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
@@ -129,7 +138,8 @@ def run_train(args: argparse.Namespace) -> int:
     m = report.metrics
     out = console()
     out.print(f"trained {report.coder.describe()} at {args.at}: {report.steps} steps, {report.tokens} tokens in "
-              f"{report.seconds:.0f}s ({report.tokens_per_s:.0f} tokens/s)", highlight=False)
+              f"{report.seconds:.0f}s ({report.tokens_per_s:.0f} tokens/s), {report.epochs:.2f} epochs, "
+              f"stopped by {report.stopped}", highlight=False)
     out.print(f"explained variance {m.explained_variance:.3f} · L0 {m.l0:.1f} · dead {m.dead_share:.1%} · "
               f"MSE {m.mse:.4g} · cosine {m.cosine:.3f} · ce_loss_score {m.ce_loss_score:.3f}", highlight=False)
     if args.name:
