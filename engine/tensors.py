@@ -63,7 +63,8 @@ def sink_rows(rows: Tensor, ratio: float = SINK_RATIO) -> Tensor:
     SmolLM2 L14 -> Gemma L8 from 0.72 to 0.55) and pull a ridge map towards themselves.
     """
     norms = rows.float().norm(dim=-1)
-    return norms > ratio * norms.median() if norms.numel() else norms > 0
+    # the interpolated median: with two rows torch.median is the lower one, flagging any row 4x the other
+    return norms > ratio * norms.quantile(0.5) if norms.numel() else norms > 0
 
 
 def text_rows(rows: Tensor) -> Tensor:

@@ -220,3 +220,11 @@ def test_cli_passes_epochs_and_refuses_zero(tmp_path, garage_home, capsys):
     code = main(["sae", "train", str(folder), "--at", "L1.out", "--epochs", "0", "--budget-cpu-seconds", "5"])
     err = capsys.readouterr().err
     assert code == 2 and "the number of epochs must be at least 1, got 0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_latents_that_never_fired_count_as_dead_in_training():
+    from engine.features.train import _dead_training
+
+    last_fired = torch.full((8,), -1, dtype=torch.long)
+    last_fired[0] = 0  # fired at step 0: alive; the other seven never fired
+    assert _dead_training(last_fired, 10, {"pass_done": False, "pass_rows": 0}, 10) == 7 / 8

@@ -95,3 +95,10 @@ def test_smollm2_sink_no_longer_leaks_into_the_sentiment_direction(smollm2):
     # below the sink's layers the two agree: only the sink was left out
     early = all_positions(6)
     assert float(torch.nn.functional.cosine_similarity(early, task_vector(smollm2, "L6.out", task), dim=0)) > 0.97
+
+
+def test_two_rows_are_judged_against_their_interpolated_median():
+    # torch.median takes the lower of two, which would flag any row over 4x the other
+    assert sink_rows(torch.tensor([[1.0, 0.0], [4.5, 0.0]])).tolist() == [False, False]
+    assert sink_rows(torch.tensor([[1.0, 0.0], [90.0, 0.0]])).tolist() == [False, False]  # two rows: no crowd
+    assert sink_rows(torch.tensor([[1.0, 0.0], [1.2, 0.0], [9.5, 0.0]])).tolist() == [False, False, True]

@@ -189,6 +189,9 @@ def train_sae(loaded: Any, config: TrainConfig, *, checkpoint_dir: str | Path | 
     d_in = point_width(loaded, target.address)
     if d_in is None:
         raise FeatureError(f"cannot tell the width of '{target.address}'; train at a residual, attn/mlp output or z")
+    budget = config.budget_cpu_seconds
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise FeatureError(f"the CPU budget must be a positive number of seconds, got {budget}")
     expansion = check_count(config.expansion, "the expansion factor", MAX_SAE_EXPANSION, minimum=1)
     d_sae = expansion * d_in
     check_count(config.k, "k (active features per token)", d_sae, minimum=1)
@@ -204,7 +207,8 @@ def train_sae(loaded: Any, config: TrainConfig, *, checkpoint_dir: str | Path | 
                              "window": config.window, "windows_per_step": config.windows_per_step,
                              "eval_windows": config.eval_windows})
     state: dict[str, Any] = {"step": 0, "tokens": 0, "epoch": 0, "position": 0, "scale": None,
-                             "last_fired": [0] * d_sae, "losses": [], "cpu": {"pass": 0.0, "sae": 0.0, "total": 0.0},
+                             "last_fired": [-1] * d_sae,  # -1: never fired (0 would read as "fired at step 0")
+                             "losses": [], "cpu": {"pass": 0.0, "sae": 0.0, "total": 0.0},
                              "pass_tokens": 0, "pass_rows": 0, "pass_done": False}
     if resume:
         if checkpoint is None:

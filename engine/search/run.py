@@ -137,8 +137,9 @@ def run_search(
             for _, result in backend.run(evaluate_trial, todo, cancel):
                 journal.append(result)
                 evaluated += 1
+                done = sum(t.number in journal.results for _, t in screen)  # replayed ones included
                 notify(progress, f"warm start: without L{layers[result.number]} {result.values[0]:.4g} "
-                                 f"({evaluated}/{len(screen)} single drops)", evaluated / len(screen))
+                                 f"({done}/{len(screen)} single drops)", done / len(screen))
             extra["warm_start"]["screen_evaluated"] = evaluated
             if any(t.number not in journal.results for _, t in screen):
                 return stopped_early()  # the next run replays the finished single drops

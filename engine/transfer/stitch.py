@@ -185,6 +185,8 @@ def fit_ae(moments: Moments, batches: Callable[[], Iterable[PairBatch]], *, hidd
     for epoch in range(epochs):
         for batch in batches():
             check_cancel(cancel, "the stitch")
+            if batch.x.shape[0] == 0:  # every row a sink: an empty mean would be NaN and poison Adam
+                continue
             x = (batch.x - x_mean) / x_scale
             y = (batch.y - y_mean) / y_scale
             for _ in range(4):  # a few steps per chunk: the forward passes cost far more than a step

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from engine.progress import Progress, check_cancel, notify
-from engine.transfer.pairs import PairBatch, TextSplit, paired_chunk, pairing_for, without_sinks
+from engine.transfer.pairs import PairBatch, TextSplit, TransferError, paired_chunk, pairing_for, without_sinks
 from engine.transfer.stitch import Moments, accumulate, fit_ridge
 
 __all__ = ["LayerSweep", "chunk_pairs", "sweep_layers"]
@@ -80,6 +80,8 @@ def sweep_layers(loaded_a, loaded_b, text: TextSplit, *, every_a: int = 5, every
                 moments[pair].add(step)
             else:
                 moments[pair] = step
+    if not moments:
+        raise TransferError("the sweep's training text gave no paired positions; pass more text or a longer file")
     stitches = {pair: fit_ridge(m, ridge) for pair, m in moments.items()}
     # held-out scoring keeps sums per pair only (SSE, cosine sum, Σy, Σy²), never the rows
     sums: dict[tuple[int, int], list[Any]] = {pair: [0, 0.0, 0.0, None, 0.0] for pair in stitches}
@@ -99,7 +101,7 @@ def sweep_layers(loaded_a, loaded_b, text: TextSplit, *, every_a: int = 5, every
         r2.append([])
         cosine.append([])
         for j in layers_b:
-            count, sse, cosine_sum, sum_y, sum_yy = sums[(i, j)]
+            count, sse, cosine_sum, sum_y, sum_yy = sums.get((i, j), [0, 0.0, 0.0, None, 0.0])
             if not count:
                 r2[-1].append(float("nan"))
                 cosine[-1].append(float("nan"))
