@@ -74,7 +74,8 @@ def test_attribution_q_goes_back_and_esc_stops(smollm2, tmp_path):
                 "#attribution-title").render())
             await pilot.press("enter")  # antonyms
             view = app.screen.query_one(AttributionView)
-            assert "eap-ig running" in str(view.query_one("#attribution-status").render())
+            # "eap-ig running", or already "eap-ig scored … re-check running" on an idle machine
+            assert "eap-ig " in str(view.query_one("#attribution-status").render())
             await pilot.press("escape")
             await wait_for(pilot, lambda: not view.running, 120, "the stopped job")
             status = str(view.query_one("#attribution-status").render())
