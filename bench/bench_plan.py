@@ -93,7 +93,7 @@ def child(spec: str, phase: str, seq: int) -> dict[str, float]:
     from engine.addresses import all_addresses
     from engine.fit_plan import CAPTURE_ALL_POINTS
     from engine.hooks import hooked
-    from engine.loading import _load_tokenizer, _Source, locate, open_model
+    from engine.loading import ModelSource, _load_tokenizer, locate, open_model
 
     torch.set_num_threads(1)
     structure = open_model(spec, structure_only=True)
@@ -107,7 +107,7 @@ def child(spec: str, phase: str, seq: int) -> dict[str, float]:
     if source.kind.endswith("gguf"):
         from engine.gguf_cache import converted_folder
 
-        source = _Source(source.name, "folder", folder=converted_folder(source.file), checked_cache=True)
+        source = ModelSource(source.name, "folder", folder=converted_folder(source.file), checked_cache=True)
     _load_tokenizer(source)  # the tokenizer library's first-use cost belongs to the baseline (as open_model loads it)
     with torch.no_grad():  # warm the CPU kernels on a tiny tensor
         torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))

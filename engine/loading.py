@@ -33,7 +33,7 @@ from engine.errors import (
 from engine.folder_check import check_config_file, check_tokenizer_file, check_weights_present
 from engine.gguf_cache import cached_folder_for, check_entry, converted_folder
 from engine.limits import check_config_sizes
-from engine.locate import _HUB_ID, _Source, locate  # noqa: F401  (re-exported: the loader's public names)
+from engine.locate import ModelSource, locate  # noqa: F401  (locate: re-exported for the loader's callers)
 from engine.tensors import dtype_from_name
 
 Progress = Callable[[str, float | None], None]
@@ -156,7 +156,7 @@ def _hub_reachable() -> bool:
         return False
 
 
-def _load_config(source: _Source) -> Any:
+def _load_config(source: ModelSource) -> Any:
     import transformers
 
     try:
@@ -219,7 +219,7 @@ def open_model(
         cached = cached_folder_for(source.path, dtype)
         # Parsing GGUF metadata for the config takes seconds; the cached folder's config is instant.
         if not structure_only or check_entry(cached).ok:
-            weights_source = _Source(source.name, "folder", folder=converted_folder(
+            weights_source = ModelSource(source.name, "folder", folder=converted_folder(
                 source.path, progress=progress, cancel=cancel, dtype=dtype), checked_cache=True)
     config = _load_config(weights_source)
     check_config_sizes(config, f"the config of {spec}")  # before any module is made, meta ones too
@@ -248,7 +248,7 @@ def open_model(
     )
 
 
-def _open_structure(source: _Source, config: Any, dtype: str) -> LoadedModel:
+def _open_structure(source: ModelSource, config: Any, dtype: str) -> LoadedModel:
     model_class = _model_class(config)
     with torch.device("meta"):
         model = model_class.from_config(config, dtype=dtype_from_name(dtype))
@@ -260,7 +260,7 @@ def _open_structure(source: _Source, config: Any, dtype: str) -> LoadedModel:
     )
 
 
-def _load_weights(source: _Source, config: Any, device: str, dtype: str, attn_implementation: str | None,
+def _load_weights(source: ModelSource, config: Any, device: str, dtype: str, attn_implementation: str | None,
                   max_memory: dict[int | str, int | str] | None = None, offload_folder: str | None = None) -> nn.Module:
     model_class = _model_class(config)
     kwargs: dict[str, Any] = {"dtype": dtype_from_name(dtype), **_placement(device, max_memory, offload_folder)}
@@ -310,7 +310,7 @@ def _load_single_file(model_class, path: Path, config: Any, kwargs: dict[str, An
     return model
 
 
-def _load_tokenizer(source: _Source) -> Any:
+def _load_tokenizer(source: ModelSource) -> Any:
     import transformers
 
     where = source.hub_id or source.folder
@@ -327,7 +327,6 @@ def _load_tokenizer(source: _Source) -> Any:
 
 
 # Public names for what other rooms reuse (the build bench, the parts bin, the fit planner).
-HUB_ID = _HUB_ID
 model_class = _model_class
 quiet_transformers = _quiet_transformers
 

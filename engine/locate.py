@@ -15,11 +15,11 @@ from engine.checks import check_gguf, check_safetensors
 from engine.errors import ModelLoadError, ModelNotFoundError
 from engine.folder_check import check_config_file, check_model_folder
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 @dataclass
-class _Source:
+class ModelSource:
     name: str
     kind: str
     folder: Path | None = None  # HF folder with config.json
@@ -45,14 +45,14 @@ class _Source:
         return found
 
 
-def locate(spec: str) -> _Source:
+def locate(spec: str) -> ModelSource:
     """Decide what a model argument names, checking files before transformers reads them."""
     if spec in BUNDLED:
         path = bundled_path(spec)
         kind = "bundled-gguf" if path.suffix == ".gguf" else "bundled-folder"
         if path.is_file():
-            return _Source(spec, kind, folder=path.parent, file=path)
-        return _Source(spec, kind, folder=path)
+            return ModelSource(spec, kind, folder=path.parent, file=path)
+        return ModelSource(spec, kind, folder=path)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
@@ -62,10 +62,10 @@ def locate(spec: str) -> _Source:
             weights = sorted(path.glob("*.safetensors"))
             for weight_file in weights:
                 check_safetensors(weight_file)
-            return _Source(path.name, "folder", folder=path)
+            return ModelSource(path.name, "folder", folder=path)
         if path.suffix == ".gguf":
             check_gguf(path)
-            return _Source(path.stem, "gguf", folder=path.parent, file=path)
+            return ModelSource(path.stem, "gguf", folder=path.parent, file=path)
         if path.suffix == ".safetensors":
             check_safetensors(path)
             if not (path.parent / "config.json").is_file():
@@ -73,12 +73,12 @@ def locate(spec: str) -> _Source:
                     f"{path} has no config.json beside it; put the model's config.json in {path.parent}"
                 )
             check_config_file(path.parent / "config.json")
-            return _Source(path.stem, "safetensors", folder=path.parent, file=path)
+            return ModelSource(path.stem, "safetensors", folder=path.parent, file=path)
         if path.name == "config.json":
-            return _Source(path.parent.name, "config", folder=path.parent, file=path)
+            return ModelSource(path.parent.name, "config", folder=path.parent, file=path)
         raise ModelLoadError(f"{path} is not a model: pass a folder, a .safetensors, .gguf or config.json file")
-    if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
-        return _Source(spec, "hub", hub_id=spec)
+    if HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        return ModelSource(spec, "hub", hub_id=spec)
     names = ", ".join(BUNDLED)
     raise ModelNotFoundError(
         f"no such model '{spec}': not a bundled name ({names}), an existing path, or a hub id like org/name"
