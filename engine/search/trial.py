@@ -8,6 +8,8 @@ pinned to one thread while scoring, so a trial's numbers are the same bits on ev
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,24 +87,33 @@ def _token_ids(loaded: Any, max_tokens: int) -> tuple[Any, int]:
     return ids, covered
 
 
-def evaluate_trial(task: TrialTask) -> TrialResult:
-    """Build ``task.recipe`` in memory and score it: perplexity and bits per byte on the bundled text."""
+@contextmanager
+def in_memory(recipe_doc: dict[str, Any], max_tokens: int) -> Iterator[tuple[Any, Any, int]]:
+    """``recipe_doc`` built in memory, with the objective's token ids and the bytes they cover,
+    torch pinned to one thread meanwhile (workers share the cores)."""
     import torch
 
     from engine.build import load_recipe
-    from engine.build.evaluate import score_text
     from engine.build.preview import preview
 
-    recipe = load_recipe(task.recipe)
+    recipe = load_recipe(recipe_doc)
     models = {alias: _source(spec) for alias, spec in recipe.sources.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         hybrid = preview(recipe, models=models)
-        ids, covered = _token_ids(hybrid, task.max_tokens)
-        nll, scored, _ = score_text(hybrid, ids)
+        ids, covered = _token_ids(hybrid, max_tokens)
+        yield hybrid, ids, covered
     finally:
         torch.set_num_threads(threads)
+
+
+def evaluate_trial(task: TrialTask) -> TrialResult:
+    """Build ``task.recipe`` in memory and score it: perplexity and bits per byte on the bundled text."""
+    from engine.build.evaluate import score_text
+
+    with in_memory(task.recipe, task.max_tokens) as (hybrid, ids, covered):
+        nll, scored, _ = score_text(hybrid, ids)
     metrics = {"perplexity": math.exp(nll / scored), "bits_per_byte": nll / math.log(2) / max(covered, 1)}
     return TrialResult(number=task.number, point=list(task.point), values=[metrics[o] for o in task.objectives],
                        perplexity=metrics["perplexity"], bits_per_byte=metrics["bits_per_byte"],

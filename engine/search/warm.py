@@ -46,18 +46,10 @@ def block_influence(task: InfluenceTask) -> list[float]:
     """BI of every output layer of ``task.recipe``, from one forward pass (torch pinned to one thread)."""
     import torch
 
-    from engine.build import load_recipe
-    from engine.build.preview import preview
     from engine.run import run
-    from engine.search.trial import _source, _token_ids
+    from engine.search.trial import in_memory
 
-    recipe = load_recipe(task.recipe)
-    models = {alias: _source(spec) for alias, spec in recipe.sources.items()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        base = preview(recipe, models=models)
-        ids, _ = _token_ids(base, task.max_tokens)
+    with in_memory(task.recipe, task.max_tokens) as (base, ids, _):
         count = len(task.recipe["layers"])
         points = [f"L{i}.{side}" for i in range(count) for side in ("in", "out")]
         tap = run(base, ids.unsqueeze(0).to(base.input_device), capture=points).tap
@@ -67,8 +59,6 @@ def block_influence(task: InfluenceTask) -> list[float]:
             h_in, h_out = tap[f"L{i}.in"][0, 1:].double(), tap[f"L{i}.out"][0, 1:].double()
             cosine = torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)
             influence.append(float(1.0 - cosine.mean()))
-    finally:
-        torch.set_num_threads(threads)
     return influence
 
 
