@@ -13,7 +13,10 @@ into place; its manifest lists every file's size, mtime and sha256 and is checke
 (sizes always, sha256 of small files, mtime of large ones; ``check_entry(deep=True)`` re-hashes
 everything), so a half-written or altered entry is rebuilt, never loaded. Stale staging
 folders of dead processes are removed on the next conversion. A second dtype of the same GGUF
-reuses the first entry's converted tokenizer.
+reuses the first entry's converted tokenizer. Processes that open one GGUF at once convert it
+once: each takes the entry's lock file before converting, and one that waited finds
+the entry made and opens it — without the lock the second would replace the folder the first is
+reading from.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from engine.errors import Cancelled, GarageError, ModelLoadError
 from engine.storage import atomic_write_json, cache_dir, ensure_dir
@@ -102,14 +107,38 @@ def converted_folder(
     folder = cached_folder_for(gguf_path, dtype)
     if check_entry(folder).ok:
         return folder
-    remove_stale_staging(folder.parent)
-    if progress:
-        progress("dequantising GGUF (once; cached afterwards)", 0.05)
-    with _staging_dir(folder) as staging:
-        files = convert_gguf(gguf_path, staging, dtype=dtype, progress=progress, cancel=cancel,
-                             tokenizer_from=_sibling_entry(gguf_path, dtype))
-        _write_manifest(staging, gguf_path, dtype, files)
+    with conversion_lock(folder, progress, cancel):
+        if check_entry(folder).ok:  # made by the process we waited for
+            return folder
+        remove_stale_staging(folder.parent)
+        if progress:
+            progress("dequantising GGUF (once; cached afterwards)", 0.05)
+        with _staging_dir(folder) as staging:
+            files = convert_gguf(gguf_path, staging, dtype=dtype, progress=progress, cancel=cancel,
+                                 tokenizer_from=_sibling_entry(gguf_path, dtype))
+            _write_manifest(staging, gguf_path, dtype, files)
     return folder
+
+
+@contextlib.contextmanager
+def conversion_lock(folder: Path, progress: Progress | None, cancel: threading.Event | None) -> Iterator[None]:
+    """Hold ``.<entry>.lock`` beside the entry; waiting polls, so Esc still stops a process queued behind another."""
+    ensure_dir(folder.parent)
+    lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
+    told = False
+    while True:
+        try:
+            lock.acquire(timeout=0.2)
+            break
+        except Timeout:
+            _check_cancel(cancel)
+            if progress and not told:
+                progress("waiting for another process converting this GGUF", None)
+                told = True
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _sibling_entry(gguf_path: Path, dtype: str) -> Path | None:

@@ -1,6 +1,7 @@
 """The GGUF conversion cache on a tiny GGUF written here: tensor-by-tensor dequantisation equals
 transformers' own GGUF load, cancel stops it and leaves nothing, damaged entries are rebuilt,
-stale staging folders of dead processes are removed."""
+stale staging folders of dead processes are removed, two processes converting one GGUF at once
+convert it once."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def test_cancel_stops_the_conversion_at_the_next_tensor_and_caches_nothing(tiny_
         converted_folder(tiny_gguf, progress=progress, cancel=cancel)
     assert len(seen) == 3  # the fourth tensor was never dequantised
     parent = cached_folder_for(tiny_gguf).parent
-    assert list(parent.iterdir()) == []  # no entry, no staging folder
+    # no entry, no staging folder; the lock file stays (unlinking it would race a process waiting on it)
+    assert [p.name for p in parent.iterdir()] == [f".{cached_folder_for(tiny_gguf).name}.lock"]
 
 
 def test_open_model_cancelled_mid_conversion_leaves_no_cache_entry(tiny_gguf):
@@ -220,7 +222,7 @@ def test_stale_staging_of_a_dead_process_is_removed(tiny_gguf):
     assert live.exists()
     live.rename(folder.parent / "unrelated")
     converted_folder(tiny_gguf)
-    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, "unrelated"])
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, "unrelated", f".{folder.name}.lock"])
 
 
 def test_second_open_comes_from_the_checked_cache_with_the_first_opens_logits(tiny_gguf, monkeypatch):
@@ -255,3 +257,49 @@ def test_a_damaged_cached_tokenizer_is_rebuilt_not_loaded(tiny_gguf):
     assert not problem.ok and "tokenizer.json" in (problem.problem or "")
     converted_folder(tiny_gguf)
     assert check_entry(folder, deep=True).ok and not (folder / "tokenizer.json").exists()
+
+
+_CONVERT_ONCE = """
+import sys, time
+from pathlib import Path
+from engine import gguf_cache
+
+real = gguf_cache.convert_gguf
+def slow_convert(*args, **kwargs):
+    print("converted", flush=True)
+    time.sleep(1.0)  # long enough for the other process to arrive while this one holds the lock
+    return real(*args, **kwargs)
+gguf_cache.convert_gguf = slow_convert
+folder = gguf_cache.converted_folder(Path(sys.argv[1]))
+print("folder", folder, gguf_cache.check_entry(folder).ok, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_opening_one_gguf_at_once_convert_it_once(tiny_gguf):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONVERT_ONCE, str(tiny_gguf)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _out, err in outputs]
+    lines = [line for out, _err in outputs for line in out.splitlines()]
+    assert lines.count("converted") == 1
+    folders = [line for line in lines if line.startswith("folder")]
+    assert folders == [f"folder {cached_folder_for(tiny_gguf)} True"] * 2
+
+
+def test_a_process_waiting_for_anothers_conversion_can_be_cancelled(tiny_gguf):
+    folder = cached_folder_for(tiny_gguf)
+    cancel = threading.Event()
+    stages: list[str] = []
+
+    def progress(stage: str, _fraction: float | None) -> None:
+        stages.append(stage)
+        cancel.set()  # Esc while queued behind the other conversion
+
+    with gguf_cache.conversion_lock(folder, None, None):  # "another process" holds the entry's lock
+        with pytest.raises(Cancelled):
+            converted_folder(tiny_gguf, progress=progress, cancel=cancel)
+    assert stages == ["waiting for another process converting this GGUF"]
+    assert not folder.exists()
+    assert check_entry(converted_folder(tiny_gguf)).ok  # the lock is free again
