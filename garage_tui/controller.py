@@ -481,14 +481,22 @@ class Workbench:
         return attributor_for(loaded, load_task(task, pairs), task)
 
     def coder_for(self, loaded: Any, address: str) -> str:
-        """The name of an SAE part in the bin reading ``address`` (or a point inside it) made for ``loaded``."""
+        """The name of an SAE part in the bin reading ``address`` (or a point inside it) made for ``loaded``.
+
+        A part without ``fold`` provenance comes first: the workbench splices exactly, which refuses a
+        folded part, so a fold is picked only when nothing else reads there."""
         from engine.errors import GarageError
 
+        folded: str | None = None
         for record in self.parts_bin().list(kind="sae"):
             reads = str(record.address)
             inside = reads == address or reads.startswith(f"{address}.")
             if inside and record.source.get("config_hash") == loaded.config_hash:
-                return str(record.name)
+                if "fold" not in record.config:
+                    return str(record.name)
+                folded = folded or str(record.name)
+        if folded is not None:
+            return folded
         raise GarageError(f"no SAE part in the parts bin reads {address} of '{loaded.name}'; train or import one "
                           "(`garage sae train` / `garage sae import`) or select the layer it reads")
 

@@ -3,7 +3,8 @@ read, steer, train and bake into weights.
 
 Public API: ``read_coder``, ``export_saelens``, ``SparseCoder``, ``splice``, ``FeatureEdit``,
 ``save_coder``/``load_coder``, ``save_direction``/``load_direction``, ``direction_edit``,
-``read_feature``, ``top_features``, ``train_sae``, ``bake``. Modules import torch; import them
+``read_feature``, ``top_features``, ``train_sae``, ``bake``, ``fold_feature_scale``/``fold_part``
+(feature scales folded into a new coder part's decoder rows). Modules import torch; import them
 lazily from the CLI and the TUI.
 """
 

@@ -6,7 +6,9 @@ composes with every other intervention in one ``run``/``hooked`` call.
 
 With the error term the output is ``decode(edited) + (x - decode(encode(x)))``: without feature
 edits it equals the unspliced activation (to float rounding), and an edit changes the output by
-exactly the decoder rows it touches. Without it (lossy) the output is the reconstruction.
+exactly the decoder rows it touches. Without it (lossy) the output is the reconstruction. A
+folded coder (``CoderConfig.folded_from``) is refused in an exact splice: the error term would
+cancel its fold.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ class FeatureEdit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "features": list(self.features), "value": self.value}
+
+
+def refuse_folded_exact(coder: SparseCoder, exact: bool, part: str | None = None) -> None:
+    """An exact splice computes its error term with the coder itself, so a folded coder's fold cancels
+    and the run silently equals the unspliced one; refuse it with what to do instead."""
+    parent = coder.config.folded_from
+    if not exact or parent is None:
+        return
+    what = f"part '{part}'" if part else "this coder"
+    instead = f"the parent part '{parent}'" if parent else "its unfolded parent"
+    raise FeatureError(f"{what} has feature scales folded into its decoder rows and an exact splice's error term "
+                       f"cancels them; attach it lossy, or attach {instead} with a scale edit")
 
 
 def _check_features(coder: SparseCoder, edits: Sequence[FeatureEdit]) -> None:
@@ -119,6 +133,7 @@ class FeatureSplice(Intervention):
 
         if self.coder is None:
             raise FeatureError(f"splice at '{self.address}' needs a coder")
+        refuse_folded_exact(self.coder, self.exact, self.part)
         _check_features(self.coder, self.edits)
         target = resolve_point(anatomy, self.address)
         if self.address_out is None or resolve_point(anatomy, self.address_out).address == target.address:
@@ -144,7 +159,9 @@ class FeatureSplice(Intervention):
 def splice(coder: SparseCoder, address: str, *, address_out: str | None = None, exact: bool = True,
            edits: Sequence[FeatureEdit] = (), observe: Callable[[Tensor], None] | None = None,
            part: str | None = None) -> FeatureSplice:
-    """An intervention that runs ``coder`` at ``address`` (see ``FeatureSplice``)."""
+    """An intervention that runs ``coder`` at ``address`` (see ``FeatureSplice``); a folded coder with
+    ``exact`` is refused here already, not only when the run plans it."""
+    refuse_folded_exact(coder, exact, part)
     return FeatureSplice("features", address, coder=coder, address_out=address_out, exact=exact,
                          edits=list(edits), observe=observe, part=part)
 

@@ -48,6 +48,9 @@ class CoderConfig:
     source_format: str = "garage"  # saelens | sparsify | garage
     activation: str = "topk"  # sparsify's encoder activation
     raw: dict[str, Any] = field(default_factory=dict)  # the cfg.json as read, for an equal export
+    # the parent part whose decoder rows were scaled into this coder (engine.features.fold): an exact
+    # splice's error term would cancel the fold, so FeatureSplice refuses it. Never written to cfg.json.
+    folded_from: str | None = None
 
     @property
     def is_transcoder(self) -> bool:
@@ -59,7 +62,9 @@ class CoderConfig:
                 "normalize_activations": self.normalize_activations,
                 "reshape_activations": self.reshape_activations, "hook_name": self.hook_name,
                 "hook_name_out": self.hook_name_out, "source_format": self.source_format,
-                "activation": self.activation, "raw": self.raw}
+                "activation": self.activation, "raw": self.raw,
+                # only when set, so every unfolded part's stored config stays as it was
+                **({"folded_from": self.folded_from} if self.folded_from is not None else {})}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> CoderConfig:

@@ -93,7 +93,12 @@ def load_coder(bin_: PartsBin, name: str, loaded: Any | None = None) -> CoderPar
     if record.kind not in CODER_KINDS:
         raise FeatureMismatchError(f"part '{name}' is a {record.kind}, not an SAE or transcoder; "
                                    "`garage parts list --kind sae` shows the coders")
-    coder = SparseCoder(CoderConfig.from_dict(record.config["coder"]), bin_.load_tensors(name))
+    config = CoderConfig.from_dict(record.config["coder"])
+    fold = record.config.get("fold")
+    if config.folded_from is None and isinstance(fold, dict):
+        # a fold saved before the coder config carried the marker: its provenance still says so
+        config.folded_from = str(fold.get("parent") or "")
+    coder = SparseCoder(config, bin_.load_tensors(name))
     part = CoderPart(record, coder, record.address, record.config.get("address_out"),
                      record.source.get("config_hash"))
     if loaded is not None:

@@ -1,5 +1,6 @@
 """``garage sae``: import/export SAELens and sparsify coders, train a TopK SAE, list a prompt's top
-features and read one feature (top tokens, histogram, logit effect)."""
+features, read one feature (top tokens, histogram, logit effect) and fold feature scales into a
+new coder part."""
 
 from __future__ import annotations
 
@@ -58,6 +59,16 @@ def register(subparsers) -> None:
     feats.add_argument("--top", type=int, default=10)
     feats.add_argument("--json", action="store_true")
     feats.set_defaults(handler=run_features)
+
+    fold = verbs.add_parser("fold", help="fold feature scales into a coder's decoder rows, saved as a new part")
+    fold.add_argument("part", help="coder part name (the parent; never changed)")
+    fold.add_argument("--feature", type=int, action="append", required=True, metavar="N",
+                      help="feature to scale (repeatable)")
+    fold.add_argument("--scale", type=float, action="append", required=True, metavar="FACTOR",
+                      help="its factor (0 = ablate): one for all features or one per --feature")
+    fold.add_argument("--name", help="name of the new part (default PART-fold)")
+    fold.add_argument("--json", action="store_true")
+    fold.set_defaults(handler=run_fold)
 
     read = verbs.add_parser("read", help="one feature: top tokens with context, histogram, logit effect")
     add_model_options(read)
@@ -163,6 +174,31 @@ def run_features(args: argparse.Namespace) -> int:
     out.print(f"{args.part} at {part.address}: top features on the prompt", highlight=False)
     for item in found:
         out.print(f"  #{item.feature:<6} {item.activation:9.3f}  at {item.token!r}", highlight=False)
+    return 0
+
+
+def run_fold(args: argparse.Namespace) -> int:
+    from engine.features.errors import FeatureError
+    from engine.features.fold import fold_part
+    from engine.parts import PartsBin
+
+    features, factors = args.feature, args.scale
+    if len(factors) == 1:
+        factors = factors * len(features)
+    if len(factors) != len(features):
+        raise FeatureError(f"{len(features)} --feature but {len(factors)} --scale; give one factor for all "
+                           "features or one per feature")
+    if len(set(features)) != len(features):
+        raise FeatureError("a feature is given twice; fold each feature once with its final factor")
+    result = fold_part(PartsBin(), args.part, dict(zip(features, factors, strict=True)), name=args.name)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    folded = ", ".join(f"#{f}×{factor:g}" for f, factor in zip(result.features, result.factors, strict=True))
+    out = console()
+    out.print(f"folded {folded} into {result.parent}'s decoder rows as part [bold]{result.name}[/] at "
+              f"{result.address}", highlight=False)
+    out.print(f"note: {result.exact_splice}", highlight=False)
     return 0
 
 
