@@ -65,7 +65,8 @@ def greedy_decode(
     eos = loaded.tokenizer.eos_token_id if stop_at_eos and loaded.tokenizer is not None else None
     if mode not in (None, "kv-cache", "rerun"):
         raise GarageError(f"decoding mode must be kv-cache or rerun, got {mode!r}")
-    cached = all(position_independent(item) for item in interventions) if mode is None else mode == "kv-cache"
+    cached = all(position_independent(item) for item in [*loaded.standing, *interventions]) if mode is None \
+        else mode == "kv-cache"
     decoded = Decoded([], {address: [] for address in capture}, "kv-cache" if cached else "rerun")
     sequence, cache = ids, None
     step_ids = ids

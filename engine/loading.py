@@ -57,6 +57,9 @@ class LoadedModel:
     structure_only: bool
     weights_path: Path | None = None  # the safetensors folder or file holding the weights
     extra: dict[str, Any] = field(default_factory=dict)
+    # interventions every ``engine.run.run`` of this model applies first: parts its folder carries
+    # beside the weights (a blade baked into a hybrid; ``engine.attached``)
+    standing: list[Any] = field(default_factory=list)
 
     @property
     def config_hash(self) -> str:
@@ -241,11 +244,16 @@ def open_model(
     anatomy = build_anatomy(model, model.config)
     _notify(progress, "ready", 1.0)
     weights_path = weights_source.file if weights_source.kind == "safetensors" else weights_source.folder
-    return LoadedModel(
+    loaded = LoadedModel(
         name=source.name, source=str(source.hub_id or source.file or source.folder), source_kind=source.kind,
         model=model, config=model.config, tokenizer=tokenizer, anatomy=anatomy, device=device, dtype=dtype,
         structure_only=False, weights_path=weights_path,
     )
+    if weights_source.folder is not None and weights_source.hub_id is None:
+        from engine.attached import OpenOptions, attach_folder
+
+        attach_folder(loaded, weights_source.folder, OpenOptions(device, dtype))
+    return loaded
 
 
 def _open_structure(source: ModelSource, config: Any, dtype: str) -> LoadedModel:

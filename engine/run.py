@@ -79,6 +79,12 @@ def run(
     """
     require_weights(loaded)
     check_cancel(cancel, "the forward pass")
+    if loaded.standing:
+        # parts the model's folder carries (a blade): part of the model, so first and in every pass
+        if cache is not None and not all(item.position_independent() for item in loaded.standing):
+            raise GarageError(f"'{loaded.name}' carries {loaded.standing[0].describe()}, which reads the whole "
+                              "text: rerun the full sequence instead of continuing from a cache")
+        interventions = [*loaded.standing, *interventions]
     extra: dict[str, object] = {}
     if attention_mask is not None:
         extra["attention_mask"] = attention_mask.to(ids.device)

@@ -174,7 +174,7 @@ def finish_folder(folder: Path, recipe: Recipe, progress: Progress | None,
     weights and config there; returns the new shard names and one provenance record per op."""
     import transformers
 
-    from engine.build.model_ops import apply_steps
+    from engine.build.model_ops import apply_steps, write_attached
     from engine.loading import model_class
 
     config = json.loads((folder / "config.json").read_text())
@@ -190,6 +190,7 @@ def finish_folder(folder: Path, recipe: Recipe, progress: Progress | None,
     (folder / "generation_config.json").unlink(missing_ok=True)  # the source's copy is put back by the caller
     shards = sorted(p.name for p in folder.glob("model*.safetensors"))
     del model
+    write_attached(folder, recipe.finish, records)  # parts beside the weights (a blade); opening attaches them
     return shards, records
 
 

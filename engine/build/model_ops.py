@@ -11,6 +11,14 @@ has three steps, so ``garage recipe check`` can validate it without torch and wi
 * ``apply(model, params)`` — with torch: the model (a transformers ``PreTrainedModel``) →
   ``(model, record)``; the record goes into the build's provenance.
 
+An op that adds a part the weights cannot hold (a blade reads a second model) also has:
+
+* ``write(folder, params, record)`` — puts the part's files beside the built weights (listed in
+  ``engine.attached``'s manifest, so opening the folder attaches it) and returns their names;
+* ``attach(loaded, params, record)`` — attaches it to the in-memory preview instead.
+
+Such ops must come after every op that changes the weights: they are checked against the final model.
+
 A new model op is one module in ``engine.plugins`` calling ``register_model_op`` (plus its test).
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.build.ops import OpFieldError
@@ -38,6 +47,13 @@ class ModelOp:
     parse: Callable[[Mapping[str, Any]], dict[str, Any]]
     check: Callable[[Mapping[str, Any], dict[str, Any]], None]
     apply: Callable[[Any, Mapping[str, Any]], tuple[Any, dict[str, Any]]]
+    write: Callable[[Path, Mapping[str, Any], dict[str, Any]], list[str]] | None = None
+    attach: Callable[[Any, Mapping[str, Any], dict[str, Any]], None] | None = None
+
+    @property
+    def attaches(self) -> bool:
+        """Whether the op adds a part beside the weights instead of changing them."""
+        return self.write is not None
 
 
 MODEL_OPS: Registry[ModelOp] = Registry("model op")
@@ -68,9 +84,16 @@ def check_steps(recipe: Recipe, config: dict[str, Any]) -> list[Problem]:
     """Problems of ``recipe.finish`` against the assembled output's config (a copy is updated step by step)."""
     problems = []
     state = dict(config)
+    attached_by = None
     for step in recipe.finish:
+        op = MODEL_OPS.get(step.op)
+        if attached_by is not None and not op.attaches:
+            problems.append(recipe.problem(f"{step.path}.op", f"'{step.op}' changes the weights after "
+                                           f"'{attached_by}', which was checked against them; move it before"))
+            break
+        attached_by = step.op if op.attaches else attached_by
         try:
-            MODEL_OPS.get(step.op).check(step.params, state)
+            op.check(step.params, state)
         except OpFieldError as exc:
             problems.append(recipe.problem(f"{step.path}.{exc.field}" if exc.field else step.path, str(exc)))
             break  # later steps would be checked against a model this one cannot make
@@ -89,3 +112,21 @@ def apply_steps(model: Any, steps: list[FinishStep], progress: Progress | None =
         model, record = MODEL_OPS.get(step.op).apply(model, step.params)
         records.append({"op": step.op, "params": step.to_dict(), **record})
     return model, records
+
+
+def write_attached(folder: Path, steps: list[FinishStep], records: list[dict[str, Any]]) -> list[str]:
+    """Let every op that attaches a part write its files into the built ``folder``; their names."""
+    names: list[str] = []
+    for step, record in zip(steps, records, strict=True):
+        op = MODEL_OPS.get(step.op)
+        if op.write is not None:
+            names.extend(op.write(folder, step.params, record))
+    return names
+
+
+def attach_steps(loaded: Any, steps: list[FinishStep], records: list[dict[str, Any]]) -> None:
+    """Attach the parts of ops that add them beside the weights to an in-memory model (the preview)."""
+    for step, record in zip(steps, records, strict=True):
+        op = MODEL_OPS.get(step.op)
+        if op.attach is not None:
+            op.attach(loaded, step.params, record)

@@ -19,8 +19,9 @@ from engine.errors import StorageError
 
 PROVENANCE = "provenance.json"
 BUILD_FILES = frozenset({"model.safetensors", "model.safetensors.index.json", "config.json", "recipe.yaml",
-                         PROVENANCE, "generation_config.json", *TOKENIZER_FILES})
-_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+                         PROVENANCE, "generation_config.json", "garage_attached.json", *TOKENIZER_FILES})
+# weight shards, and the parts a finish op puts beside them (``engine.plugins.blade_op``)
+_SHARD = re.compile(r"^(model-\d{5}-of-\d{5}|blade-\d{2})\.safetensors$")
 MAX_PROVENANCE_BYTES = 256 * 1024**2
 
 

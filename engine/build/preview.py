@@ -129,8 +129,13 @@ def preview(
     hybrid.eval()
     notify(progress, "ready", 1.0)
     embed = loaded[recipe.embed]
-    return LoadedModel(
+    made = LoadedModel(
         name=f"{recipe.name} (preview)", source="preview", source_kind="preview", model=hybrid, config=config,
         tokenizer=embed.tokenizer, anatomy=build_anatomy(hybrid, config), device=base.device, dtype=base.dtype,
         structure_only=False, extra=extra,
     )
+    if recipe.finish:
+        from engine.build.model_ops import attach_steps
+
+        attach_steps(made, recipe.finish, extra["finish"])  # a blade: what opening the built folder attaches
+    return made

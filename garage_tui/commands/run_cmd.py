@@ -52,16 +52,20 @@ def run(args: argparse.Namespace) -> int:
             "interventions": [i.to_dict() for i in interventions],
         })
     if args.json:
-        print_json({
+        document = {
             "model": loaded.name, "prompt": args.prompt, "token_ids": result.token_ids,
             "interventions": [i.to_dict() for i in interventions],
             "top": [{"token_id": g.token_id, "token": g.text, "prob": g.prob, "logit": g.logit} for g in result.top],
-        })
+        }
+        if loaded.standing:  # parts the model's folder carries (a blade baked into a hybrid)
+            document["carried"] = [i.to_dict() for i in loaded.standing]
+        print_json(document)
         return 0
     from rich.table import Table
 
+    shown = [*loaded.standing, *interventions]
     table = Table(title=f"next token after {args.prompt!r}" + (
-        f" · {', '.join(i.describe() for i in interventions)}" if interventions else ""))
+        f" · {', '.join(i.describe() for i in shown)}" if shown else ""))
     table.add_column("#", justify="right")
     table.add_column("token")
     table.add_column("prob", justify="right")
