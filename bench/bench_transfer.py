@@ -7,7 +7,10 @@ ridge stitch for every SmolLM2 layer × Gemma layer asked for, then prints held-
 random map's, as the floor) and mean cosine. For the layer pairs judged (``--pairs``), the
 sentiment DiffMean vector of SmolLM2 is moved through the stitch and judged on Gemma against
 Gemma's own DiffMean vector of the same norm (``engine.transfer.judge``): effect as % of native
-per sign, the random-vector control, and damage (KL on neutral text) relative to native.
+per sign, the two random controls — isotropic Gaussian vectors and the random-split DiffMean
+(the same recipe over a seeded shuffled split of the task's own prompts, in distribution) — and
+damage (KL on neutral text) relative to native for each. ``nat×r`` / ``nat×s`` are Gemma's own
+vector against each control: the ceiling any map can reach in ``×rand`` / ``×split``.
 
 Same tokenizer: ridge stitches at a few seams, with the fraction of loss recovered when B runs
 from A's mapped residual (0 = B's seam mean-ablated, 1 = B clean).
@@ -135,9 +138,10 @@ def cross_family(args) -> dict[str, Any]:
     neutral = neutral_text(args.neutral_chunks, 400)
     judged = []
     log(f"\ntask {task.name}: {len(task.positive)} DiffMean pairs, {len(task.held_out)} held-out prompts, "
-        f"α = ±1, ±2 × ‖v_Gemma‖, {len(neutral)} neutral chunks, 3 random seeds")
+        f"α = ±1, ±2 × ‖v_Gemma‖, {len(neutral)} neutral chunks, 3 random seeds (isotropic and split)")
     header = (f"{'pair':<11}{'R²':>7}{'cos':>7}{'cos v':>7}{'‖Wv‖/‖v_B‖':>11}{'mean %':>8}{'+ %':>7}{'− %':>7}"
-              f"{'native':>8}{'mapped':>8}{'random':>8}{'×rand':>7}{'dmg':>6}{'rdmg':>6}  works  range")
+              f"{'native':>8}{'mapped':>8}{'random':>8}{'split':>8}{'×rand':>7}{'×split':>7}{'nat×r':>7}"
+              f"{'nat×s':>7}{'dmg':>6}{'rdmg':>6}{'sdmg':>6}  works  in-dist  range")
     log(header)
     for a, b in pairs:
         started = time.perf_counter()
@@ -151,18 +155,24 @@ def cross_family(args) -> dict[str, Any]:
         native = sum(abs(s.native) for s in judgement.strengths) / len(judgement.strengths)
         mapped = sum(abs(s.mapped) for s in judgement.strengths) / len(judgement.strengths)
         random = sum(s.random for s in judgement.strengths) / len(judgement.strengths)
+        split = sum(s.split for s in judgement.strengths) / len(judgement.strengths)
         calibrated = judgement.strength_range()
         span = f"{calibrated[0]:+.2f}…{calibrated[1]:+.2f}" if calibrated else "—"
         log(f"{f'L{a}→L{b}':<11}{grid[(a, b)]['r2']:>7.3f}{grid[(a, b)]['cosine']:>7.3f}{judgement.cosine:>7.3f}"
             f"{judgement.norm_mapped / judgement.norm_native:>11.2f}{judgement.mean_fraction():>8.0%}"
             f"{judgement.mean_fraction(True):>7.0%}{judgement.mean_fraction(False):>7.0%}{native:>8.3f}"
-            f"{mapped:>8.3f}{random:>8.3f}{judgement.over_random:>7.1f}{judgement.damage_ratio:>6.2f}"
-            f"{judgement.random_damage_ratio:>6.1f}  {'yes' if judgement.works else 'no ':<5}  {span}"
-            f"   ({time.perf_counter() - started:.0f}s)")
+            f"{mapped:>8.3f}{random:>8.3f}{split:>8.3f}{judgement.over_random:>7.1f}{judgement.over_split:>7.1f}"
+            f"{judgement.native_over_random:>7.1f}{judgement.native_over_split:>7.1f}{judgement.damage_ratio:>6.2f}"
+            f"{judgement.random_damage_ratio:>6.1f}{judgement.split_damage_ratio:>6.2f}"
+            f"  {'yes' if judgement.works else 'no ':<5}  {'yes' if judgement.works_in_distribution else 'no ':<7}"
+            f"{span}   ({time.perf_counter() - started:.0f}s)")
+        log("    splits (seed: positives in the first half of " + str(len(judgement.splits[0].first)) + "): "
+            + ", ".join(f"{c.seed}: {c.positives_in_first}" for c in judgement.splits))
         for s in judgement.strengths:
             log(f"    α {s.alpha:+.0f}: native {s.native:+.3f} · mapped {s.mapped:+.3f} ({s.fraction:.0%}) · "
-                f"random |{s.random:.3f}| ({s.over_random:.1f}×) · KL native {s.kl_native:.4f} mapped "
-                f"{s.kl_mapped:.4f} random {s.kl_random:.4f} · works {s.works}")
+                f"random |{s.random:.3f}| ({s.over_random:.1f}×) · split |{s.split:.3f}| ({s.over_split:.1f}×) · "
+                f"KL native {s.kl_native:.4f} mapped {s.kl_mapped:.4f} random {s.kl_random:.4f} split "
+                f"{s.kl_split:.4f} · works {s.works} / in-dist {s.works_in_distribution}")
         judged.append({"layer_a": a, "layer_b": b, **grid[(a, b)], "judgement": row})
     return {"alignment": fitted["alignment"], "text_digest": text.digest, "max_chars": args.max_chars,
             "grid": [{"layer_a": a, "layer_b": b, **value} for (a, b), value in grid.items()], "judged": judged}

@@ -112,8 +112,8 @@ def test_a_flipping_stitch_scores_minus_native_and_never_works(tiny):
     assert not judged.works and judged.strength_range() is None
 
 
-def _strength(alpha, native, mapped, random, kl=(1.0, 1.1, 5.0)):
-    return StrengthJudgement(alpha, native, mapped, random, *kl, 10.0, 10.5, 40.0)
+def _strength(alpha, native, mapped, random, kl=(1.0, 1.1, 5.0), split=(math.nan, math.nan)):
+    return StrengthJudgement(alpha, native, mapped, random, *kl, 10.0, 10.5, 40.0, split[0], split[1], 12.0)
 
 
 def test_judgement_arithmetic_works_rule_and_calibrated_range():
@@ -134,6 +134,104 @@ def test_judgement_arithmetic_works_rule_and_calibrated_range():
     wrong_sign = _strength(1, 2.0, -9.0, 0.1)
     assert wrong_sign.over_random == pytest.approx(90.0) and not wrong_sign.works
     assert math.isinf(_strength(1, 1.0, 1.0, 0.0).over_random)
+    # no split control run: its ratios are NaN and it never "works in distribution"
+    assert math.isnan(judged.over_split) and not judged.works_in_distribution
+    assert document["over_split"] != document["over_split"] and document["works_in_distribution"] is False
+
+
+def test_split_control_ratios_and_works_in_distribution_stand_beside_the_isotropic_ones():
+    # the split control is stronger than the isotropic one here: the transfer works against
+    # the isotropic control but not in distribution (the case the real pair is feared to be)
+    strengths = [_strength(1, 2.0, 2.0, 0.5, split=(1.0, 2.0)), _strength(-1, -2.0, -1.5, 0.5, split=(0.5, 3.0)),
+                 _strength(2, 4.0, 3.0, 0.5, split=(0.8, 4.0)), _strength(-2, -4.0, -2.5, 0.5, split=(0.7, 5.0))]
+    judged = TransferJudgement("t", "L1.out", "L2.out", 5.0, 10.0, 5.0, 0.3, -1.0, 12.0, strengths, [0], 2, 10,
+                               torch.ones(4), torch.ones(4))
+    assert [s.works for s in strengths] == [True, True, True, True]
+    assert [s.works_in_distribution for s in strengths] == [False, True, True, True]  # 2.0 < 3 × 1.0
+    assert strengths[1].over_split == pytest.approx(3.0)
+    assert judged.over_random == pytest.approx(2.25 / 0.5) and judged.works
+    assert judged.over_split == pytest.approx(2.25 / 0.75) and judged.works_in_distribution
+    assert judged.native_over_random == pytest.approx(6.0) and judged.native_over_split == pytest.approx(4.0)
+    assert judged.split_damage_ratio == pytest.approx(3.5) and judged.random_damage_ratio == pytest.approx(5.0)
+    weaker = dataclasses.replace(judged, strengths=[dataclasses.replace(s, split=s.split * 1.1) for s in strengths])
+    assert weaker.works and not weaker.works_in_distribution  # 2.25 / 0.825 < 3 on average
+    document = judged.to_dict()
+    assert document["over_split"] == pytest.approx(3.0) and document["works_in_distribution"] is True
+    assert document["native_over_split"] == pytest.approx(4.0) and document["split_damage_ratio"] == pytest.approx(3.5)
+    row = document["strengths"][0]
+    assert row["split"] == 1.0 and row["kl"]["split"] == 2.0 and row["perplexity"]["split"] == 12.0
+    assert row["works_in_distribution"] is False and row["works"] is True
+
+
+def test_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_task_prompts(tiny):
+    from engine.analyzers.steering import steering_vector
+    from engine.transfer.judge import random_split, split_controls, task_vector
+
+    pooled = [*TINY_TASK.positive, *TINY_TASK.negative]
+    native = task_vector(tiny, "L0.out", TINY_TASK)
+    controls = split_controls(tiny, "L0.out", TINY_TASK, (0, 1, 4, 5))
+    again = split_controls(tiny, "L0.out", TINY_TASK, (1, 5))
+    assert [c.seed for c in controls] == [0, 1, 4, 5]
+    for control in controls:
+        assert len(control.first) == len(control.second) == 2
+        assert sorted((*control.first, *control.second)) == sorted(pooled)
+        assert (control.first, control.second) == random_split(pooled, control.seed)
+        # the garage's DiffMean recipe (position 0 and sinks left out) on the two halves
+        recipe = steering_vector(tiny, 0, list(control.first), list(control.second)).vector.float()
+        assert torch.allclose(control.vector, recipe, atol=1e-6)
+    # seeded: the same seed gives the same halves and the same vector
+    for seed, control in zip((1, 5), again, strict=True):
+        twin = next(c for c in controls if c.seed == seed)
+        assert twin.first == control.first and torch.equal(twin.vector, control.vector)
+    # with four prompts a shuffle can land on the labelled split (seed 0 does): then, and only
+    # then, the control is B's native vector; the mixed splits point elsewhere
+    labelled, *mixed = controls
+    assert labelled.positives_in_first == 2 and torch.allclose(labelled.vector, native, atol=1e-6)
+    for control in mixed:
+        assert control.positives_in_first == 1
+        assert float(torch.nn.functional.cosine_similarity(control.vector, native, dim=0)) < 0.9
+    # seeds 1 and 5 cut the same partition (so the same vector); seed 4 another one
+    assert torch.allclose(mixed[0].vector, mixed[2].vector, atol=1e-6)
+    assert not torch.allclose(mixed[0].vector, mixed[1].vector, atol=1e-3)
+
+
+def test_judge_scores_split_vectors_rescaled_to_the_native_norm(tiny):
+    from engine.transfer.judge import split_controls, task_vector
+
+    stitch = Stitch("ridge", 64, 64, torch.eye(64), torch.zeros(64))
+    seeds = (1, 5)
+    judged = judge_transfer(tiny, tiny, "L0.out", "L0.out", stitch, TINY_TASK, neutral=NEUTRAL, alphas=(1.0, -2.0),
+                            random_seeds=seeds)
+    v_b = task_vector(tiny, "L0.out", TINY_TASK)
+    controls = split_controls(tiny, "L0.out", TINY_TASK, seeds)
+    assert [c.seed for c in judged.splits] == list(seeds)
+    assert all(torch.equal(a.vector, b.vector) for a, b in zip(judged.splits, controls, strict=True))
+    for s in judged.strengths:
+        scale = s.alpha * float(v_b.norm())
+        rescaled = [c.vector / c.vector.norm() * scale for c in controls]
+        assert all(float(r.norm()) == pytest.approx(abs(scale), rel=1e-6) for r in rescaled)
+        each = [_reference_effect(tiny, r) for r in rescaled]
+        assert s.split == pytest.approx(sum(abs(e) for e in each) / len(each), abs=1e-4)
+        assert s.split_effects == pytest.approx(each, abs=1e-4)  # signed, seed by seed
+        # a raw (not rescaled) split vector would score differently: the rescaling is what is judged
+        raw = sum(abs(_reference_effect(tiny, c.vector * (s.alpha / abs(s.alpha)))) for c in controls) / len(controls)
+        assert abs(raw - s.split) > 1e-3
+        assert s.over_split == pytest.approx(abs(s.mapped) / s.split)
+        assert s.works_in_distribution == (abs(s.mapped) >= 3 * s.split and s.mapped * s.native > 0)
+        assert s.kl_split > 0 and s.ppl_split > 1
+    # damage of the split control at α = −2, by hand
+    base = _reference_logprobs(tiny, NEUTRAL[0], None, False)
+    kls = []
+    for c in controls:
+        moved = _reference_logprobs(tiny, NEUTRAL[0], c.vector / c.vector.norm() * -2 * float(v_b.norm()), False)
+        kls.append(float((base.exp() * (base - moved)).sum()) / base.shape[0])
+    assert judged.strengths[1].kl_split == pytest.approx(sum(kls) / len(kls), rel=1e-3)
+    document = judged.to_dict()
+    assert [d["seed"] for d in document["splits"]] == [1, 5] and document["splits"][0]["half"] == 2
+    cosine = float(torch.nn.functional.cosine_similarity(controls[0].vector, v_b, dim=0))
+    assert document["splits"][0]["cosine_native"] == pytest.approx(cosine, abs=1e-6)
+    assert {"over_split", "native_over_split", "split_damage_ratio", "works_in_distribution"} <= set(document)
+    assert document["strengths"][0]["split"] == pytest.approx(judged.strengths[0].split)
 
 
 def test_prompt_sets_load_and_bad_names_are_refused(tiny):
@@ -217,3 +315,33 @@ def test_stitch_parts_load_back_and_refuse_other_models(tiny, garage_home):
         assert torch.allclose(part.stitch.map_direction(rows[0]), stitch.map_direction(rows[0]), atol=1e-6)
     with pytest.raises(TransferError, match="fitted with tiny-llama as B .config"):
         load_stitch(bin_, "ae-seam", tiny, tiny)
+
+
+def test_transfer_cli_shows_both_random_controls_in_json_and_table(tiny, garage_home, monkeypatch, capsys):
+    import json
+
+    import engine.loading
+    from engine.parts import PartsBin
+    from engine.transfer.evaluate import FitMetrics
+    from engine.transfer.fitting import StitchReport
+    from engine.transfer.parts import save_stitch
+    from garage_tui.cli import main
+
+    # a saved identity seam: the char tokenizer cannot give the offsets a fitted stitch pairs by
+    seam = Stitch("ridge", 64, 64, torch.eye(64), torch.zeros(64), fit_pairs=10)
+    save_stitch(PartsBin(), tiny, tiny, StitchReport(seam, "L0.out", "L0.out", "same-token-positions", "abc",
+                                                     FitMetrics(1.0, 1.0, 3), None), name="seam")
+    monkeypatch.setattr(engine.loading, "open_model", lambda *args, **kwargs: tiny)
+    argv = ["transfer", "tiny", "tiny", "--at-a", "L0.out", "--at-b", "L0.out", "--stitch", "seam", "--alphas",
+            "1", "--random", "2", "--neutral-chunks", "1", "--no-save"]
+    assert main([*argv, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    row = document["strengths"][0]
+    # every bundled target word starts with a space, one char token: effects are 0 here, damage is not
+    assert row["split"] == row["native"] == 0.0 and row["kl"]["split"] > 0 and row["perplexity"]["split"] > 1
+    assert "over_split" in row and isinstance(row["works_in_distribution"], bool)
+    assert isinstance(document["works_in_distribution"], bool) and document["split_damage_ratio"] > 0
+    assert [d["seed"] for d in document["splits"]] == [0, 1] and document["splits"][0]["half"] == 8
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "× split" in printed and "in distribution:" in printed and "random-split control" in printed

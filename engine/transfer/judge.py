@@ -8,6 +8,14 @@ no-steer control. On neutral text the damage is the mean per-token KL(unsteered 
 the steered perplexity. A strength "works" only where the mapped effect has the native effect's
 sign and is at least ``WORKS_RATIO`` × the random control's (mean absolute) effect; cosine
 between the mapped and native vectors is reported but is a poor proxy, so nothing is judged by it.
+
+Two random controls, both of the same norm, seeded alike. The *isotropic* one (a Gaussian vector)
+is off B's residual distribution: in Gemma-3-270M it costs ~10–26× native's KL on neutral text,
+so its effect on the target words is disruption more than direction. The *random-split* one is
+the standard null for a DiffMean direction: the garage's own DiffMean recipe over a seeded random
+split of the task's own prompts (positives and negatives pooled, shuffled, cut in two halves) —
+the same data distribution with the label taken away. ``works`` keeps the rule against the
+isotropic control; ``works_in_distribution`` is the same rule against the split one.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from engine.transfer.pairs import TransferError
 from engine.transfer.prompts import HeldOutPrompt, TransferTask, neutral_text, target_ids
 from engine.transfer.stitch import Stitch
 
-__all__ = ["ALPHAS", "WORKS_RATIO", "StrengthJudgement", "TransferJudgement", "TransferReport", "judge_transfer",
-           "judge_vectors", "layer_of", "task_vector", "transfer_direction"]
+__all__ = ["ALPHAS", "WORKS_RATIO", "SplitControl", "StrengthJudgement", "TransferJudgement", "TransferReport",
+           "judge_transfer", "judge_vectors", "layer_of", "random_split", "split_controls", "task_vector",
+           "transfer_direction"]
 
 ALPHAS = (1.0, -1.0, 2.0, -2.0)  # multiples of ‖v_B‖, both signs
 WORKS_RATIO = 3.0
@@ -47,6 +56,11 @@ class StrengthJudgement:
     ppl_native: float  # perplexity of the neutral text under the steered model
     ppl_mapped: float
     ppl_random: float
+    # the random-split control (DiffMean of a shuffled split of the task's prompts): mean |change|, KL, perplexity
+    split: float = math.nan
+    kl_split: float = math.nan
+    ppl_split: float = math.nan
+    split_effects: tuple[float, ...] = ()  # signed, one per split seed: a split that kept part of the label shows
 
     @property
     def fraction(self) -> float:
@@ -59,6 +73,13 @@ class StrengthJudgement:
         return abs(self.mapped) / self.random if self.random else math.inf
 
     @property
+    def over_split(self) -> float:
+        """|mapped effect| over the random-split control's (NaN where it was not run)."""
+        if math.isnan(self.split):
+            return math.nan
+        return abs(self.mapped) / self.split if self.split else math.inf
+
+    @property
     def damage_ratio(self) -> float:
         """Mapped KL over native KL on neutral text (1.0 = the same damage)."""
         return self.kl_mapped / self.kl_native if self.kl_native else math.nan
@@ -67,16 +88,47 @@ class StrengthJudgement:
     def works(self) -> bool:
         return self.mapped * self.native > 0 and abs(self.mapped) >= WORKS_RATIO * self.random
 
+    @property
+    def works_in_distribution(self) -> bool:
+        """The ``works`` rule with the random-split control in place of the isotropic one."""
+        return self.mapped * self.native > 0 and abs(self.mapped) >= WORKS_RATIO * self.split
+
     def to_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "native": self.native, "mapped": self.mapped, "random": self.random,
-                "fraction": self.fraction, "over_random": self.over_random, "works": self.works,
-                "kl": {"native": self.kl_native, "mapped": self.kl_mapped, "random": self.kl_random},
-                "perplexity": {"native": self.ppl_native, "mapped": self.ppl_mapped, "random": self.ppl_random},
+                "split": self.split, "split_effects": list(self.split_effects), "fraction": self.fraction,
+                "over_random": self.over_random, "over_split": self.over_split, "works": self.works,
+                "works_in_distribution": self.works_in_distribution,
+                "kl": {"native": self.kl_native, "mapped": self.kl_mapped, "random": self.kl_random,
+                       "split": self.kl_split},
+                "perplexity": {"native": self.ppl_native, "mapped": self.ppl_mapped, "random": self.ppl_random,
+                               "split": self.ppl_split},
                 "damage_ratio": self.damage_ratio}
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def _ratio(top: float, bottom: float) -> float:
+    if math.isnan(top) or math.isnan(bottom):
+        return math.nan
+    return top / bottom if bottom else math.inf
+
+
+@dataclass
+class SplitControl:
+    """One seeded random split of a task's pooled prompts and the DiffMean direction between its halves."""
+
+    seed: int
+    first: tuple[str, ...]
+    second: tuple[str, ...]
+    positives_in_first: int  # of the task's positive prompts; half of them is a split with no label left
+    vector: Tensor = field(repr=False)  # mean(first) − mean(second) at B's address, raw (not rescaled)
+    cosine_native: float = math.nan  # cos(vector, B's native vector): how much of the label the split kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "half": len(self.first), "positives_in_first": self.positives_in_first,
+                "norm": float(self.vector.norm()), "cosine_native": self.cosine_native}
 
 
 @dataclass
@@ -98,6 +150,7 @@ class TransferJudgement:
     neutral_tokens: int
     mapped_vector: Tensor = field(repr=False)  # map(v_A), raw (as stored in a part)
     native_vector: Tensor = field(repr=False)
+    splits: list[SplitControl] = field(default_factory=list, repr=False)  # the random-split control's vectors
 
     def _side(self, positive: bool | None) -> list[StrengthJudgement]:
         return [s for s in self.strengths if positive is None or (s.alpha > 0) == positive]
@@ -113,6 +166,21 @@ class TransferJudgement:
         return _mean([abs(s.mapped) for s in self.strengths]) / random if random else math.inf
 
     @property
+    def over_split(self) -> float:
+        """Mean |mapped effect| over the mean random-split-control effect, across every strength."""
+        return _ratio(_mean([abs(s.mapped) for s in self.strengths]), _mean([s.split for s in self.strengths]))
+
+    @property
+    def native_over_random(self) -> float:
+        """Mean |native effect| over the isotropic control's: the most any map can reach in ``over_random``."""
+        return _ratio(_mean([abs(s.native) for s in self.strengths]), _mean([s.random for s in self.strengths]))
+
+    @property
+    def native_over_split(self) -> float:
+        """Mean |native effect| over the random-split control's: the ceiling of ``over_split``."""
+        return _ratio(_mean([abs(s.native) for s in self.strengths]), _mean([s.split for s in self.strengths]))
+
+    @property
     def damage_ratio(self) -> float:
         """Mean mapped KL over mean native KL on neutral text."""
         return _mean([s.kl_mapped for s in self.strengths]) / _mean([s.kl_native for s in self.strengths])
@@ -123,9 +191,19 @@ class TransferJudgement:
         return _mean([s.kl_random for s in self.strengths]) / _mean([s.kl_native for s in self.strengths])
 
     @property
+    def split_damage_ratio(self) -> float:
+        """Mean random-split-vector KL over mean native KL."""
+        return _ratio(_mean([s.kl_split for s in self.strengths]), _mean([s.kl_native for s in self.strengths]))
+
+    @property
     def works(self) -> bool:
         """True where the mapped vector beats ``WORKS_RATIO`` × random on average and at some strength."""
         return self.over_random >= WORKS_RATIO and any(s.works for s in self.strengths)
+
+    @property
+    def works_in_distribution(self) -> bool:
+        """``works`` against the random-split control: ``WORKS_RATIO`` × it on average and at some strength."""
+        return self.over_split >= WORKS_RATIO and any(s.works_in_distribution for s in self.strengths)
 
     def strength_range(self) -> tuple[float, float] | None:
         """Calibrated strengths, as multipliers of the stored (raw mapped) vector, where the transfer works.
@@ -146,9 +224,13 @@ class TransferJudgement:
             "baseline_perplexity": self.baseline_perplexity,
             "mean_fraction": self.mean_fraction(), "positive_fraction": self.mean_fraction(True),
             "negative_fraction": self.mean_fraction(False), "over_random": self.over_random,
-            "damage_ratio": self.damage_ratio, "random_damage_ratio": self.random_damage_ratio,
-            "works": self.works, "strength_range": list(calibrated) if calibrated else None,
+            "over_split": self.over_split, "native_over_random": self.native_over_random,
+            "native_over_split": self.native_over_split, "damage_ratio": self.damage_ratio,
+            "random_damage_ratio": self.random_damage_ratio, "split_damage_ratio": self.split_damage_ratio,
+            "works": self.works, "works_in_distribution": self.works_in_distribution,
+            "strength_range": list(calibrated) if calibrated else None,
             "strengths": [s.to_dict() for s in self.strengths], "random_seeds": self.random_seeds,
+            "splits": [split.to_dict() for split in self.splits],
             "prompts": self.prompts, "neutral_tokens": self.neutral_tokens,
         }
 
@@ -177,6 +259,48 @@ def task_vector(loaded: Any, address: str, task: TransferTask, *, cancel: thread
         raise TransferError(f"task '{task.name}' needs positive and negative prompts for a DiffMean vector")
     layer = layer_of(loaded, address)
     return steering_vector(loaded, layer, task.positive, task.negative, cancel=cancel).vector.float().cpu()
+
+
+def random_split(prompts: Sequence[str], seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``prompts`` shuffled by a seeded permutation and cut in two halves (the first one the smaller)."""
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    half = len(prompts) // 2
+    return tuple(prompts[i] for i in order[:half]), tuple(prompts[i] for i in order[half:])
+
+
+def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequence[int], *,
+                   cancel: threading.Event | None = None) -> list[SplitControl]:
+    """The random-split control's directions: for each seed, the DiffMean recipe of ``task_vector``
+    (per-prompt mean of ``text_rows``, then mean over prompts, positive half minus negative half)
+    over a seeded random split of the task's pooled positive and negative prompts.
+
+    Each prompt runs once and every split is arithmetic on the per-prompt means, so more seeds
+    cost no passes.
+    """
+    from engine.run import run
+    from engine.runner import encode
+    from engine.tensors import text_rows
+
+    layer = layer_of(loaded, address)
+    pooled = [*task.positive, *task.negative]
+    if len(pooled) < 2:
+        raise TransferError(f"task '{task.name}' needs at least two prompts for a random-split control")
+    point = f"L{layer}.out"
+    means: dict[str, Tensor] = {}
+    for prompt in pooled:
+        if prompt not in means:
+            tap = run(loaded, encode(loaded, prompt), capture=[point], cancel=cancel).tap
+            means[prompt] = text_rows(tap[point][0].double()).mean(dim=0)
+    positives = set(task.positive)
+    controls = []
+    for seed in seeds:
+        first, second = random_split(pooled, int(seed))
+        vector = (torch.stack([means[p] for p in first]).mean(0) - torch.stack([means[p] for p in second]).mean(0))
+        if float(vector.norm()) == 0:
+            raise TransferError(f"the random split with seed {seed} gave a zero direction; the prompts are identical")
+        controls.append(SplitControl(int(seed), first, second, sum(p in positives for p in first),
+                                     vector.float().cpu()))
+    return controls
 
 
 class _Scorer:
@@ -264,7 +388,8 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
                   alphas: Sequence[float] = ALPHAS, random_seeds: Sequence[int] = (0, 1, 2),
                   neutral: Sequence[str] | None = None, vector_a: Tensor | None = None, address_a: str = "",
                   cancel: threading.Event | None = None, progress: Progress | None = None) -> TransferJudgement:
-    """Judge ``mapped`` (a direction in B) against B's ``native`` one on ``task``, with the two controls.
+    """Judge ``mapped`` (a direction in B) against B's ``native`` one on ``task``, with the controls: no
+    steer, isotropic random vectors and random-split DiffMean vectors (one of each per seed).
 
     Every vector is rescaled to ``|α| · ‖native‖`` before it is added, so only directions compete.
     """
@@ -281,6 +406,12 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
     scorer = _Scorer(loaded_b, address_b, task.held_out, neutral, cancel)
     randoms = [torch.randn(native.numel(), generator=torch.Generator().manual_seed(int(seed)))
                for seed in random_seeds]
+    splits = split_controls(loaded_b, address_b, task, random_seeds, cancel=cancel)
+    if splits[0].vector.numel() != native.numel():
+        raise TransferError(f"B's native vector has width {native.numel()} but B's residual at {address_b} has "
+                            f"{splits[0].vector.numel()}")
+    for control in splits:
+        control.cosine_native = float(torch.nn.functional.cosine_similarity(control.vector, native, dim=0))
     units = {"native": native / norm_native, "mapped": mapped / norm_mapped}
     strengths = []
     for step, alpha in enumerate(alphas):
@@ -290,16 +421,20 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
         damages = {name: scorer.damage(unit * scale) for name, unit in units.items()}
         random_runs = [(abs(scorer.effect(r / r.norm() * scale)), scorer.damage(r / r.norm() * scale))
                        for r in randoms]
+        split_runs = [(scorer.effect(c.vector / c.vector.norm() * scale),
+                       scorer.damage(c.vector / c.vector.norm() * scale)) for c in splits]
         strengths.append(StrengthJudgement(
             float(alpha), effects["native"], effects["mapped"], _mean([e for e, _ in random_runs]),
             damages["native"][0], damages["mapped"][0], _mean([d[0] for _, d in random_runs]),
-            damages["native"][1], damages["mapped"][1], _mean([d[1] for _, d in random_runs])))
+            damages["native"][1], damages["mapped"][1], _mean([d[1] for _, d in random_runs]),
+            _mean([abs(e) for e, _ in split_runs]), _mean([d[0] for _, d in split_runs]),
+            _mean([d[1] for _, d in split_runs]), tuple(e for e, _ in split_runs)))
     notify(progress, "judged", 1.0)
     cosine = float(torch.nn.functional.cosine_similarity(mapped, native, dim=0))
     return TransferJudgement(task.name, address_a, address_b, float(vector_a.norm()) if vector_a is not None else
                              math.nan, norm_native, norm_mapped, cosine, scorer.baseline_score,
                              scorer.baseline_perplexity(), strengths, [int(s) for s in random_seeds],
-                             len(task.held_out), scorer.neutral_tokens, mapped, native)
+                             len(task.held_out), scorer.neutral_tokens, mapped, native, splits)
 
 
 def judge_transfer(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, stitch: Stitch,

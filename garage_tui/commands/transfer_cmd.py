@@ -1,5 +1,6 @@
 """``garage transfer A B --at-a L15.out --at-b L9.out --task sentiment``: move a direction from model A
-into model B through a stitch and judge it against B's own, with the no-steer and random controls."""
+into model B through a stitch and judge it against B's own, with the no-steer control and two random
+ones: isotropic vectors and the random-split DiffMean (in distribution), both of the same norm."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ridge", type=float, default=1e-6, help="ridge penalty of a fitted stitch")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, -1.0, 2.0, -2.0], metavar="A",
                         help="strengths as multiples of ‖v_B‖, both signs (default: ±1 ±2)")
-    parser.add_argument("--random", type=int, default=3, metavar="N", help="seeded random control vectors")
+    parser.add_argument("--random", type=int, default=3, metavar="N",
+                        help="seeds of the random controls (one isotropic vector and one random split each)")
     parser.add_argument("--neutral-chunks", type=int, default=4, help="neutral text chunks for the damage check")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -94,12 +96,13 @@ def _print(judgement, stitch_doc: dict, name_a: str, name_b: str, saved: str | N
     out.print(f"{judgement.task}: {name_a}:{judgement.address_a} → {name_b}:{judgement.address_b} through a "
               f"{stitch_doc.get('kind', '?')} stitch ({r2}); cos(mapped, native) {judgement.cosine:.3f} "
               f"(a poor proxy: judged by behaviour)", highlight=False)
-    table = Table("α × ‖v_B‖", "native Δ", "mapped Δ", "% native", "random |Δ|", "× random", "KL native",
-                  "KL mapped", "KL random", "works")
+    table = Table("α × ‖v_B‖", "native Δ", "mapped Δ", "% native", "random |Δ|", "× random", "split |Δ|",
+                  "× split", "KL native", "KL mapped", "KL random", "KL split", "works", "in-dist")
     for s in judgement.strengths:
         table.add_row(f"{s.alpha:+g}", f"{s.native:+.3f}", f"{s.mapped:+.3f}", f"{s.fraction:.0%}", f"{s.random:.3f}",
-                      f"{s.over_random:.1f}", f"{s.kl_native:.4f}", f"{s.kl_mapped:.4f}", f"{s.kl_random:.4f}",
-                      "yes" if s.works else "no")
+                      f"{s.over_random:.1f}", f"{s.split:.3f}", f"{s.over_split:.1f}", f"{s.kl_native:.4f}",
+                      f"{s.kl_mapped:.4f}", f"{s.kl_random:.4f}", f"{s.kl_split:.4f}", "yes" if s.works else "no",
+                      "yes" if s.works_in_distribution else "no")
     out.print(table)
     calibrated = judgement.strength_range()
     span = f"{calibrated[0]:+.2f} … {calibrated[1]:+.2f}" if calibrated else "none"
@@ -107,6 +110,11 @@ def _print(judgement, stitch_doc: dict, name_a: str, name_b: str, saved: str | N
               f"− {judgement.mean_fraction(False):.0%}) · {judgement.over_random:.1f}× the random control · damage "
               f"{judgement.damage_ratio:.2f}× native (random {judgement.random_damage_ratio:.1f}×) · "
               f"{'works' if judgement.works else 'does not work'} (needs ≥ 3× random)", highlight=False)
+    out.print(f"in distribution: {judgement.over_split:.1f}× the random-split control (B's own vector "
+              f"{judgement.native_over_split:.1f}×; against isotropic {judgement.native_over_random:.1f}×) · "
+              f"its damage {judgement.split_damage_ratio:.2f}× native · "
+              f"{'works' if judgement.works_in_distribution else 'does not work'} in distribution (needs ≥ 3× split)",
+              highlight=False)
     out.print(f"no steer: target score {judgement.baseline_score:+.3f}, neutral perplexity "
               f"{judgement.baseline_perplexity:.2f} · calibrated strengths on the stored vector: {span}",
               highlight=False)
