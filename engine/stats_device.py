@@ -5,27 +5,35 @@
 extrema, near-zero count, per-row L2 norms and histogram into small ``[groups]`` tensors with
 batched ops: no ``.item()``, no Python loop over heads or tokens, so the forward pass never
 waits for an accelerator (on the CPU, where reading a flag waits for nothing, ``update`` reads
-one: whether every value is finite, which lets it skip the passes that set inf/NaN aside).
-``summaries`` copies the accumulators to the host once, at the end.
+one: whether the cheap float32 path below is exact for this value). ``summaries`` copies the
+accumulators to the host once, at the end.
 
-Moments, norms and bin indices are computed in float64 (the accumulators hold float64 too): a
-float32 pass would be cheaper but its mean and std drift by ~1e-7 relative, and the statistics
-promise float64 arithmetic over the model's values whatever its dtype (tests/test_dtypes.py).
-The work runs in one pass of row chunks: each chunk is copied to float64 once and that copy
-serves the moments, norms, near-zero count and histogram while it is still in cache. The
-chunk and its scratch live in a ``Workspace`` of reusable buffers (shared by every
-``GroupStats`` of one sweep), written with ``out=`` and in-place ops: a fresh multi-megabyte
-buffer per hook call makes glibc's growing mmap threshold fragment the heap (hundreds of MB of
-peak RSS over a sweep), and costs page faults besides. Moments are taken about a
-shift and corrected exactly, then merged across calls with Pébay's pairwise formulas, so feeding a tensor in
-pieces gives the same summary as feeding it whole.
+Moments and norms are computed in float64 (the accumulators hold float64 too): a float32 pass
+would be cheaper but its mean and std drift by ~1e-7 relative, and the statistics promise
+float64 arithmetic over the model's values whatever its dtype (tests/test_dtypes.py). Each
+row chunk is copied to float64 once, head-major (``[groups, blocks, 2, rows, width]``), with
+``x - shift`` in the first plane and its square in the second; one batched matmul of each
+block's two planes with themselves then gives Σd², Σd³ and Σd⁴ per group and block, so the
+cube and fourth power are never written out. Every sum is taken per row (norms, Σd) or per
+block of rows (the matmuls), and blocks have a fixed size that chunks never split, so how the
+work is chunked never changes a bit of the result. The scratch lives in a ``Workspace`` of
+reusable buffers (shared by every ``GroupStats`` of one sweep), written with ``out=`` and
+in-place ops: a fresh multi-megabyte buffer per hook call makes glibc's growing mmap threshold
+fragment the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides.
+Moments are taken about a shift and corrected exactly, then merged across calls with Pébay's
+pairwise formulas, so feeding a tensor in pieces gives the same summary as feeding it whole.
 
 Histograms stay exact. Each group's bins have a power-of-two width ``w`` and start at a
 multiple of it, so a value's bin is ``floor(x / w) - low``: a power-of-two scaling and a floor,
-both exact in float64. A call picks the narrowest such width that holds its own finite range;
-merging two histograms picks the narrowest width that holds both ranges and is at least both
-widths, and every old bin then falls inside exactly one new bin. The counts always equal the
-full tensor's counts over the final edges, whatever order the pieces came in.
+both exact. On the CPU, for float32 (bf16, fp16) values whose bin indices stay below 2^23,
+that index is computed in float32 as ``floor(floor(x · a) · b)`` with ``a · b = 1 / w``, ``a ≥ 1``
+and ``b ≤ 1`` powers of two: scaling up first never underflows (a tiny negative value keeps
+its ``-1``), and ``floor(floor(y) / m) = floor(y / m)`` for whole ``m``. Anything else
+(non-finite values, huge indices, float64 values, an accelerator) takes the float64 index.
+A call picks the narrowest such width that holds its own finite range; merging two histograms
+picks the narrowest width that holds both ranges and is at least both widths, and every old
+bin then falls inside exactly one new bin. The counts always equal the full tensor's counts
+over the final edges, whatever order the pieces came in.
 """
 
 from __future__ import annotations
@@ -45,9 +53,19 @@ NEAR_ZERO = 1e-3  # |x| at or below this counts toward sparsity
 # below 2^45, so every index, offset and edge is an exact float64 integer (or multiple of w).
 RELATIVE_FLOOR = 45
 F64 = torch.float64
-# numbers per row chunk of the per-call scratch work: big enough that the ops stay few, small
-# enough (2 MB of float64) that the scratch stays out of the way of the heap
-CHUNK = 1 << 18
+F32 = torch.float32
+# numbers per block of rows: every sum of the moments is taken over one block (or one row), so
+# a block's size is fixed whatever the chunking; big enough that a block's matmul is efficient
+BLOCK = 1 << 15
+# numbers per row chunk of the per-call scratch work (rounded to whole blocks): small enough
+# (a 512 KB float64 plane) that a chunk's passes run out of the L2 cache
+CHUNK = 1 << 16
+# numbers per chunk of the float32 histogram pass, which reads each value once and gains
+# nothing from smaller chunks but fewer ops
+HIST_CHUNK = 1 << 19
+SHORT_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+# integers below this magnitude, and the bin offsets subtracted from them, are exact in float32
+F32_EXACT = 2.0 ** 23
 
 
 def check_bins(bins: int) -> int:
@@ -138,11 +156,22 @@ class Workspace:
         return buffer[:numel].view(shape)
 
 
-def _row_chunks(values: Tensor) -> list[tuple[int, int]]:
-    """``(start, stop)`` row ranges of about ``CHUNK`` numbers each (at least one row)."""
-    rows, groups, width = values.shape
-    step = max(1, CHUNK // max(1, groups * width))
+def _row_chunks(rows: int, groups: int, width: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of about ``chunk`` numbers each (at least one row)."""
+    step = max(1, chunk // max(1, groups * width))
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _blocks(rows: int, per_row: int) -> tuple[int, int]:
+    """``(block_rows, chunk_blocks)``: the rows of one block of about ``BLOCK`` numbers (a divisor
+    of ``rows`` where one is near, so no short block is left over), and the blocks of one chunk
+    of about ``CHUNK`` numbers. Both depend on the call's shape only, never on what came before."""
+    target = max(1, BLOCK // max(1, per_row))
+    if rows <= target:
+        block_rows = rows
+    else:
+        block_rows = next((b for b in range(target, target // 2, -1) if rows % b == 0), target)
+    return block_rows, max(1, CHUNK // (per_row * block_rows))
 
 
 def _from_sums(count: int, shift: Tensor, s1: Tensor, s2: Tensor, s3: Tensor, s4: Tensor) -> _Moments:
@@ -154,19 +183,12 @@ def _from_sums(count: int, shift: Tensor, s1: Tensor, s2: Tensor, s3: Tensor, s4
     return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4)
 
 
-def _moments_of_rows(values: Tensor) -> _Moments:
-    """Moments of ``values`` (``[rows, groups]``, float64) per group, over rows."""
-    shift = values.mean(0)
-    d = values - shift
-    d2 = torch.square(d)
-    return _from_sums(values.shape[0], shift, d.sum(0), d2.sum(0), (d * d2).sum(0), d2.square_().sum(0))
-
-
 def _finite_extremes(raw: Tensor, workspace: Workspace) -> tuple[Tensor, Tensor]:
     """Per group, the least and greatest finite value of ``raw`` (inf/NaN have no bin), as float64;
     ``low > high`` for a group with none. Exact in ``raw``'s own dtype."""
     lows, highs = [], []
-    for start, stop in _row_chunks(raw):
+    rows, groups, width = raw.shape
+    for start, stop in _row_chunks(rows, groups, width, CHUNK):
         part = raw[start:stop]
         masked = workspace.take("masked", part.shape, raw.dtype, raw.device)
         lows.append(torch.nan_to_num(part, nan=math.inf, neginf=math.inf, out=masked).amin((0, 2)))
@@ -183,7 +205,9 @@ def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = N
     width = torch.maximum(torch.exp2(torch.ceil(torch.log2((high - low) / bins))), floor)
     if at_least is not None:
         width = torch.maximum(width, at_least)
-    for _ in range(2):  # a rounding hair or the alignment can need one or two doublings
+    # a rounding hair or the alignment can need a doubling: floor(high/w) - floor(low/w) < range/w + 1
+    # ≤ bins·(1 + 1e-15) + 1, so after one doubling it is < bins/2 + 1 + 1e-15 ≤ bins - 1 for bins ≥ 4
+    for _ in range(1 if bins >= 4 else 2):
         width = torch.where(torch.floor(high / width) - torch.floor(low / width) >= bins, 2 * width, width)
     return width, torch.floor(low / width)
 
@@ -191,30 +215,68 @@ def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = N
 class _Histogram:
     """One call's bin counts per group over the finite range ``[low, high]``, filled a chunk at a time."""
 
-    def __init__(self, low: Tensor, high: Tensor, bins: int, device: torch.device) -> None:
+    def __init__(self, low: Tensor, high: Tensor, bins: int, device: torch.device, may_be_empty: bool = True) -> None:
+        """``may_be_empty``: ``low > high`` can mark a group with no finite value (from ``_finite_extremes``)."""
         groups = low.shape[0]
-        empty = low > high  # a group with no finite value
-        self.width, self.first = _width_for(torch.where(empty, 0.0, low), torch.where(empty, 0.0, high), bins)
+        if may_be_empty:
+            empty = low > high
+            low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
+        self.width, self.first = _width_for(low, high, bins)
         # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
         # finite value lands inside its group's bins by construction, and what has no bin goes
         # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
         base = torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1
-        self.scale = (1.0 / self.width).view(1, groups, 1)
-        self.offset = (self.first - base).view(1, groups, 1)
+        self.scale = 1.0 / self.width
+        self.offset = self.first - base
         self.bins, self.groups = bins, groups
         self.slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=device)
 
-    def add(self, part: Tensor, workspace: Workspace, clean: bool) -> None:
-        """Count ``part`` (float64, a copy this overwrites); ``clean``: every value is finite."""
+    def float32_exact(self, low: Tensor, high: Tensor, width: int) -> Tensor:
+        """Whether ``add_float32`` bins every value of ``[low, high]`` exactly (a 0-dim bool tensor,
+        false for a NaN or infinite extreme): every scaled value and every offset below 2^23,
+        where float32 holds integers exactly. Keeps the float32 factors for ``add_float32`` on
+        rows of ``width`` numbers."""
+        up = torch.clamp(self.scale, min=1.0)  # a: widths below 1 scale up here …
+        down = torch.clamp(self.scale, max=1.0)  # b: … and widths of 1 or more divide here
+        # and a itself a float32 number: a below 2^100 (a width below 2^-100 comes only with
+        # values below 2^-55) is up · 2^-77 below 2^23
+        bound = torch.stack([torch.maximum(low.abs(), high.abs()) * up, self.first.abs() + self.bins,
+                             up * 2.0 ** -77]).amax(0)
+        factors = torch.stack([up, down]).to(F32).view(2, 1, self.groups, 1)
+        self.up, self.down = factors[0], factors[1]
+        # neighbouring values count into two copies of the slots (a run of equal bins then does
+        # not wait on one counter): odd positions of a row shift into the second copy
+        odd = torch.arange(width, dtype=F32, device=low.device).remainder_(2).mul_(self.slots.numel())
+        self.spread_offset = self.offset.to(F32).view(1, self.groups, 1) - odd
+        return (bound < F32_EXACT).all()
+
+    def add_float32(self, part: Tensor, workspace: Workspace) -> Tensor:
+        """Count ``part`` (``[rows, groups, width]``, float32, ``float32_exact``); returns the
+        scratch it worked in, free again."""
+        scaled = workspace.take("scaled", part.shape, F32, part.device)
+        torch.mul(part, self.up, out=scaled).floor_().mul_(self.down).floor_().sub_(self.spread_offset)
+        self._count(scaled, workspace, spread=2)
+        return scaled
+
+    def add(self, values: Tensor, scratch: Tensor, view: tuple[int, ...], workspace: Workspace, clean: bool) -> None:
+        """Count ``values`` (float64), working in ``scratch`` (same shape); ``view`` puts the groups
+        on ``values``' group axis; ``clean``: every value is finite."""
         # floor before shifting: both terms are then exact integers, so the shift is exact too
-        index = part.mul_(self.scale).floor_().sub_(self.offset)
+        index = torch.mul(values, self.scale.view(view), out=scratch).floor_().sub_(self.offset.view(view))
         if not clean:
             index.nan_to_num_(nan=0.0, posinf=float(self.slots.numel() - 1), neginf=0.0)
-        # int32 slots (fewer bytes to write than int64; groups·(bins+2) is far below 2^31)
-        slot_of = workspace.take("slot_of", (index.numel(),), torch.int32, index.device)
+        self._count(index, workspace)
+
+    def _count(self, index: Tensor, workspace: Workspace, spread: int = 1) -> None:
+        """Add the slots ``index`` holds (``spread`` copies of the slots, one after another)."""
+        # int16 or int32 slots: fewer bytes to write than int64 (groups·(bins+2) is far below 2^31)
+        # (int16 on the CPU only: bincount takes it, index_add_ does not)
+        small = index.device.type == "cpu" and spread * self.slots.numel() <= torch.iinfo(torch.int16).max
+        slot_of = workspace.take("slot_of", (index.numel(),), torch.int16 if small else torch.int32, index.device)
         slot_of.copy_(index.reshape(-1))  # floored: exact
         if index.device.type == "cpu":
-            self.slots += torch.bincount(slot_of, minlength=self.slots.numel())
+            counted = torch.bincount(slot_of, minlength=spread * self.slots.numel())
+            self.slots += counted.view(spread, -1).sum(0) if spread > 1 else counted
         else:
             # a fixed-size accumulate, not bincount: bincount sizes its output from the data's
             # max, which on an accelerator waits for the device
@@ -222,6 +284,24 @@ class _Histogram:
 
     def counts(self) -> Tensor:
         return self.slots.view(self.groups, self.bins + 2)[:, 1:self.bins + 1]
+
+
+def _largest_float32_at_most(value: float) -> float:
+    """The largest float32 number ≤ ``value``: ``|x| ≤ it`` in float32 is ``|x| ≤ value`` exactly."""
+    near = torch.tensor(value, dtype=F32)
+    if float(near) > value:
+        near = torch.nextafter(near, torch.tensor(-math.inf, dtype=F32))
+    return float(near)
+
+
+class _Sums:
+    """One call's per-row and per-block sums, filled a chunk at a time."""
+
+    def __init__(self, rows: int, groups: int, blocks: int, device: torch.device) -> None:
+        self.norms = torch.empty(rows, groups, dtype=F64, device=device)  # each row's L2 norm
+        self.first = torch.empty(rows, groups, dtype=F64, device=device)  # each row's Σd
+        self.grams = torch.empty(blocks, groups, 2, 2, dtype=F64, device=device)  # Σd², Σd³, Σd⁴ per block
+        self.near = torch.zeros(groups, dtype=F64, device=device)
 
 
 class GroupStats:
@@ -235,6 +315,7 @@ class GroupStats:
         self.workspace = workspace if workspace is not None else Workspace()
         self.bins = check_bins(bins)
         self.near_zero = near_zero
+        self.near_zero32 = _largest_float32_at_most(near_zero)
         self.width = 0
         self.moments: _Moments | None = None
         self.norms: _Moments | None = None  # only mean and M2 are read
@@ -250,46 +331,106 @@ class GroupStats:
         dims = (0, 2)
         workspace, device = self.workspace, raw.device
         low, high = raw.amin(dims), raw.amax(dims)  # exact in any dtype; NaN if a NaN is there
-        # on the CPU reading a flag costs no wait: when every value is finite (the usual case) the
-        # extremes place the histogram and no value needs a dropped slot, so two passes go
-        finite = device.type == "cpu" and bool(torch.isfinite(low).all() & torch.isfinite(high).all())
-        if finite:
-            finite_low, finite_high = low.to(F64), high.to(F64)
-        else:
+        finite_low, finite_high = low.to(F64), high.to(F64)
+        # two copies of the slots below 2^22: offsets and slots then stay exact float32 integers
+        short = raw.dtype in SHORT_FLOATS and max(width, 4 * groups * (self.bins + 2)) < F32_EXACT
+        fast = clean = False
+        hist: _Histogram | None = None
+        if device.type == "cpu":
+            # the one flag read (no wait on the CPU). Short floats: the float32 bin index is exact,
+            # which needs finite extremes; other dtypes: every value is finite. Finite extremes
+            # place the histogram, and no value needs a dropped slot.
+            if short:
+                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)
+                fast = bool(hist.float32_exact(finite_low, finite_high, width))
+            else:
+                clean = bool(torch.isfinite(finite_low + finite_high).all())
+                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)
+        if hist is None or not (fast or clean):
             finite_low, finite_high = _finite_extremes(raw, workspace)
-        # any shift near the mean keeps the moment sums small; taken in float64 as it reads
-        shift = raw.mean(dims, keepdim=True, dtype=F64)
-        hist = _Histogram(finite_low, finite_high, self.bins, device)
-        row_sums = workspace.take("row_sums", (4, rows, groups), F64, device)
-        norms = torch.empty(rows, groups, dtype=F64, device=device)  # each token's vector per group
-        near = torch.zeros(groups, dtype=F64, device=device)
-        # one pass of small, cache-sized chunks: each chunk's float64 copy serves every statistic
-        for start, stop in _row_chunks(raw):
-            shape = (stop - start, groups, width)
-            part = workspace.take("values", shape, F64, device).copy_(raw[start:stop])
-            d = torch.sub(part, shift, out=workspace.take("d", shape, F64, device))
-            d2 = torch.square(d, out=workspace.take("d2", shape, F64, device))
-            torch.sum(d, -1, out=row_sums[0, start:stop])
-            torch.sum(d2, -1, out=row_sums[1, start:stop])
-            torch.sum(d.mul_(d2), -1, out=row_sums[2, start:stop])
-            torch.sum(d2.square_(), -1, out=row_sums[3, start:stop])
-            torch.linalg.vector_norm(part, dim=-1, out=norms[start:stop])
-            # 1.0 where |x| ≤ near_zero, summed in float64: exact counts, and no bool pass to widen
-            near += torch.abs(part, out=d).le_(self.near_zero).sum(dims)
-            hist.add(part, workspace, clean=finite)  # last: it overwrites part
+            hist = _Histogram(finite_low, finite_high, self.bins, device)
+        # any shift near the mean keeps the moment sums small, and the shift is corrected exactly:
+        # the mean of up to 64 evenly spaced rows will do (an overflowing float32 mean falls back
+        # to 0: still exact, only less well conditioned)
+        sample = raw[::max(1, rows // 64)]
+        shift = sample.mean(dims, dtype=None if raw.is_floating_point() else F64)
+        shift = torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0).to(F64)
+        sums = self._moment_pass(raw, shift, None if fast else hist, clean)
+        if fast:
+            self._float32_pass(raw, hist, sums)
         chunk = {
             "low": low, "high": high, "finite_low": finite_low, "finite_high": finite_high,
-            "near_zero": near, "norm_low": norms.amin(0), "norm_high": norms.amax(0),
+            "near_zero": sums.near, "norm_low": sums.norms.amin(0), "norm_high": sums.norms.amax(0),
             "hist_width": hist.width, "hist_first": hist.first, "hist_counts": hist.counts(),
         }
-        moments = _from_sums(rows * width, shift, *(row_sums[k].sum(0) for k in range(4)))
-        norm_moments = _moments_of_rows(norms)
+        grams = sums.grams.sum(0)  # [groups, 2, 2]
+        moments = _from_sums(rows * width, shift, sums.first.sum(0), grams[:, 0, 0], grams[:, 0, 1], grams[:, 1, 1])
+        # the norms' M3 and M4 are never read: zeros, not two more passes
+        norm_mean = sums.norms.mean(0)
+        unread = torch.zeros_like(norm_mean)
+        norm_moments = _Moments(rows, norm_mean, torch.sub(sums.norms, norm_mean).square_().sum(0), unread, unread)
         if self.moments is None or self.norms is None:
             self.moments, self.norms, self.state = moments, norm_moments, chunk
             return
         self.moments = self.moments.merge(moments)
         self.norms = self.norms.merge(norm_moments)
         self.state = self._merged(self.state, chunk)
+
+    def _moment_pass(self, raw: Tensor, shift: Tensor, hist: _Histogram | None, clean: bool) -> _Sums:
+        """Per-row norms and Σd, per-block Σd², Σd³, Σd⁴ of ``d = x - shift``; the histogram and
+        the near-zero count too when ``hist`` is given (the float64 path)."""
+        rows, groups, width = raw.shape
+        block_rows, chunk_blocks = _blocks(rows, groups * width)
+        whole = rows // block_rows
+        sums = _Sums(rows, groups, whole + (rows > whole * block_rows), raw.device)
+        shift = shift.view(1, groups, 1, 1)
+        views: tuple[Tensor, ...] = ()
+        for first in range(0, whole, chunk_blocks):
+            blocks = min(chunk_blocks, whole - first)
+            if not views or views[0].shape[0] != blocks:
+                views = self._planes(blocks, block_rows, groups, width, raw.device)
+            self._fold(raw, first, blocks, block_rows, shift, views, sums, hist, clean)
+        if rows > whole * block_rows:  # the short block at the end (when no divisor was near)
+            views = self._planes(1, rows - whole * block_rows, groups, width, raw.device)
+            self._fold(raw, whole, 1, block_rows, shift, views, sums, hist, clean)
+        return sums
+
+    def _planes(self, blocks: int, per: int, groups: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
+        """Block-major float64 planes ``[blocks, groups, 2, per, width]`` (``x - shift``, then its
+        square) and their views: each plane, and each block's two planes as one matrix."""
+        planes = self.workspace.take("planes", (blocks, groups, 2, per, width), F64, device)
+        matrices = planes.view(blocks * groups, 2, per * width)
+        return planes, planes[:, :, 0], planes[:, :, 1], matrices, matrices.transpose(1, 2)
+
+    def _fold(self, raw: Tensor, first: int, blocks: int, block_rows: int, shift: Tensor, views: tuple[Tensor, ...],
+              sums: _Sums, hist: _Histogram | None, clean: bool) -> None:
+        """Blocks ``first …`` (``views``' shape; the last may be short) into ``sums``."""
+        _, groups, width = raw.shape
+        planes, d, square, matrices, transposed = views
+        per = planes.shape[3]
+        begin = first * block_rows
+        end = begin + blocks * per
+        d.copy_(raw[begin:end].view(blocks, per, groups, width).transpose(1, 2))
+        torch.linalg.vector_norm(d, dim=-1, out=sums.norms[begin:end].view(blocks, per, groups).transpose(1, 2))
+        if hist is not None:
+            # 1.0 where |x| ≤ near_zero, summed in float64: exact counts, and no bool pass to widen
+            sums.near += torch.abs(d, out=square).le_(self.near_zero).sum((0, 2, 3))
+            hist.add(d, square, (1, groups, 1, 1), self.workspace, clean)
+        d.sub_(shift)
+        torch.sum(d, -1, out=sums.first[begin:end].view(blocks, per, groups).transpose(1, 2))
+        torch.mul(d, d, out=square)
+        torch.bmm(matrices, transposed, out=sums.grams[first:first + blocks].view(blocks * groups, 2, 2))
+
+    def _float32_pass(self, raw: Tensor, hist: _Histogram, sums: _Sums) -> None:
+        """The histogram and the near-zero count from float32 values (``hist.float32_exact``)."""
+        rows, groups, width = raw.shape
+        for start, stop in _row_chunks(rows, groups, width, HIST_CHUNK):
+            part = raw[start:stop]
+            if part.dtype != F32:
+                part = self.workspace.take("float32", part.shape, F32, part.device).copy_(part)  # exact
+            scratch = hist.add_float32(part, self.workspace)
+            # 1.0 where |x| ≤ near_zero; a float32 sum of ones is exact below 2^24 (a chunk holds fewer)
+            sums.near += torch.abs(part, out=scratch).le_(self.near_zero32).sum((0, 2))
 
     def _merged(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
         low = torch.minimum(a["finite_low"], b["finite_low"])

@@ -200,3 +200,73 @@ def test_an_all_zero_group_counts_every_value_in_its_histogram():
     assert sum(zeros.hist_counts) == zeros.count == 16 * 8
     assert zeros.hist_edges[0] <= 0.0 <= zeros.hist_edges[-1] and math.isfinite(zeros.hist_edges[-1])
     assert sum(summaries["a"].hist_counts) == 16 * 8
+
+
+def _as_dicts(group: GroupStats) -> dict:
+    return {k: s.to_dict() for k, s in group.summaries({g: f"g{g}" for g in range(group.groups)}).items()}
+
+
+def test_chunking_across_many_blocks_changes_no_bit(monkeypatch):
+    # a value of many blocks (sums are taken per row and per block), chunked three ways
+    torch.manual_seed(7)
+    values = torch.randn(2000, 3, 40) * torch.tensor([0.5, 3.0, 0.02]).view(1, 3, 1) + 0.25
+    values[::13, 1] *= 25.0
+    results = []
+    for block, chunk in ((1 << 12, 1 << 16), (1 << 12, 1 << 12), (1 << 12, 3 << 12)):
+        monkeypatch.setattr(stats_device, "BLOCK", block)
+        monkeypatch.setattr(stats_device, "CHUNK", chunk)
+        group = GroupStats(3, 32)
+        group.update(values)
+        results.append(_as_dicts(group))
+    assert results[0] == results[1] == results[2]
+    for g in range(3):
+        got = results[0][f"g{g}"]
+        assert got["histogram"]["counts"] == _reference_counts(got["histogram"]["edges"], values[:, g])
+
+
+def test_a_short_last_block_is_counted_once():
+    # 1009 rows (prime): no divisor near the block size, so the last block is short
+    torch.manual_seed(8)
+    values = torch.randn(1009, 2, 64)
+    group = GroupStats(2, 16)
+    group.update(values)
+    got = group.summaries({0: "a", 1: "b"})
+    for g, name in enumerate(("a", "b")):
+        x = values[:, g].double()
+        assert got[name].count == x.numel()
+        assert math.isclose(got[name].mean, float(x.mean()), rel_tol=1e-12, abs_tol=1e-15)
+        assert math.isclose(got[name].std, float(x.std(unbiased=False)), rel_tol=1e-12)
+        centred = x - x.mean()
+        kurtosis = float(centred.pow(4).mean() / centred.square().mean().square() - 3.0)
+        assert math.isclose(got[name].kurtosis, kurtosis, rel_tol=1e-9, abs_tol=1e-12)
+        norms = x.norm(dim=-1)
+        assert math.isclose(got[name].token_l2["mean"], float(norms.mean()), rel_tol=1e-12)
+        assert math.isclose(got[name].token_l2["std"], float(norms.std(unbiased=False)), rel_tol=1e-9)
+        assert got[name].hist_counts == _reference_counts(got[name].hist_edges, x)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 300.0, 5e5])
+def test_the_float32_bin_index_equals_the_float64_one(scale, monkeypatch):
+    """Values on and a hair either side of bin edges, tiny negatives and subnormals, at widths
+    below and above 1: the float32 index path counts what the float64 path counts."""
+    calls = []
+    add_float32 = stats_device._Histogram.add_float32
+    monkeypatch.setattr(stats_device._Histogram, "add_float32",
+                        lambda self, *args: calls.append(1) or add_float32(self, *args))
+    torch.manual_seed(9)
+    values = torch.randn(64, 2, 33) * scale
+    edge = 2.0 ** math.floor(math.log2(scale))  # a likely bin width or a multiple of it
+    specials = torch.tensor([0.0, -0.0, -1e-30, 1e-30, -1e-45, 1e-45, -edge, edge, 3 * edge, -3 * edge])
+    specials = torch.cat([specials, torch.nextafter(specials, torch.tensor(math.inf)),
+                          torch.nextafter(specials, torch.tensor(-math.inf))])
+    values[0, :, :specials.numel()] = specials
+    fast, slow = GroupStats(2, 64), GroupStats(2, 64)
+    fast.update(values)  # float32: the float32 index
+    slow.update(values.double())  # float64: the float64 index, over the same numbers
+    assert calls == [1]  # the float32 path ran for the float32 values only
+    for g in range(2):
+        a, b = (s.summaries({g: "x"})["x"] for s in (fast, slow))
+        assert a.hist_edges == b.hist_edges
+        assert a.hist_counts == b.hist_counts == _reference_counts(a.hist_edges, values[:, g])
+        assert a.sparsity == b.sparsity
+        assert math.isclose(a.kurtosis, b.kurtosis, rel_tol=1e-12, abs_tol=1e-12)
