@@ -23,7 +23,7 @@ from engine.errors import GarageError
 from engine.registry import Registry
 
 __all__ = ["ATTACHED_FORMAT", "ATTACHED_MANIFEST", "ATTACHMENT_KINDS", "AttachmentKind", "OpenOptions", "attach_folder",
-           "read_manifest", "register_attachment_kind"]
+           "read_manifest", "register_attachment_kind", "weight_files"]
 
 ATTACHED_MANIFEST = "garage_attached.json"
 ATTACHED_FORMAT = "garage-attached/1"
@@ -73,6 +73,12 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
         raise GarageError(f"{path} cannot be read ({exc}); rebuild the folder or delete that file to open the "
                           "weights alone") from None
     return entries
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """``folder``'s ``*.safetensors`` files less the parts its manifest lists: a carried blade is not a weight."""
+    carried = {str(entry.get("file")) for entry in read_manifest(folder)}
+    return [path for path in sorted(folder.glob("*.safetensors")) if path.name not in carried]
 
 
 # folders whose parts this thread is attaching (a part may open another model, which may carry parts)

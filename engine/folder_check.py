@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.attached import weight_files
 from engine.errors import ModelLoadError
 from engine.limits import check_config_sizes
 from engine.safe_parse import BadDocumentError, load_json
@@ -75,7 +76,7 @@ def check_tokenizer_file(folder: Path) -> None:
 
 def check_weights_present(folder: Path) -> None:
     """Refuse a folder with no safetensors weights, naming a pickled checkpoint when that is all it has."""
-    if any(folder.glob("*.safetensors")):
+    if weight_files(folder):
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:

@@ -343,6 +343,9 @@ class GroupStats:
             if short:
                 hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)
                 fast = bool(hist.float32_exact(finite_low, finite_high, width))
+                # a constant group (a zero-ablated head) pins its width too fine for float32 indices;
+                # finite extremes still let the float64 pass skip the finite-extremes scan
+                clean = not fast and bool(torch.isfinite(finite_low + finite_high).all())
             else:
                 clean = bool(torch.isfinite(finite_low + finite_high).all())
                 hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)

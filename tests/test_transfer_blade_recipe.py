@@ -172,6 +172,28 @@ def test_plain_transformers_loads_the_folder_as_b_without_the_blade(made):
     assert manifest["attached"][0]["model_a"]["config_hash"] == record.config["model_a"]["config_hash"]
 
 
+def test_the_carried_blade_file_is_not_read_as_weights_and_bad_settings_allocate_nothing(made):
+    from engine.errors import GarageError
+    from engine.parts.extract import CheckpointIndex
+    from engine.transfer.blade import Blade
+
+    root, folder_a, folder_b, part, built = made
+    out = built.out_dir
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["blade-00.safetensors", "model.safetensors"]
+    # a single-file hybrid has no index: the blade's tensors (weight, gate, ...) must not join the model's
+    where = CheckpointIndex(out).where
+    assert where and {path.name for path in where.values()} == {"model.safetensors"}
+    manifest = json.loads((out / "garage_attached.json").read_text())
+    settings = manifest["attached"][0]["blade"]
+    from engine.parts import PartsBin
+
+    tensors = PartsBin().load_tensors(part)
+    for bad in ({**settings, "width_b": 10**6}, {k: v for k, v in settings.items() if k != "width_a"}):
+        with pytest.raises(GarageError) as caught:
+            Blade.from_tensors(bad, tensors)
+        assert "\n" not in str(caught.value)
+
+
 def test_a_missing_model_a_is_refused_in_one_line(made, tmp_path):
     from engine.loading import open_model
     from engine.transfer.pairs import TransferError

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.attached import weight_files
 from engine.errors import GarageError
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ def resolve_source(alias: str, spec: str, light: bool = False) -> Source:
 
     refuse_quantised(config, "build from", name=f"{alias} ({folder})")
     tensors: dict[str, TensorEntry] = {}
-    files = listed if listed is not None else sorted(folder.glob("*.safetensors"))
+    files = listed if listed is not None else weight_files(folder)
     if not files:
         raise SourceError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
     for file in files:

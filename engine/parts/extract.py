@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.attached import weight_files
 from engine.parts.errors import PartError
 from engine.parts.record import TensorEntry
 
@@ -54,7 +55,7 @@ class CheckpointIndex:
     def __init__(self, location: Path):
         from engine.checks import check_safetensors
 
-        files = [location] if location.is_file() else sorted(location.glob("*.safetensors"))
+        files = [location] if location.is_file() else weight_files(location)
         if not files:
             raise PartError(f"{location} holds no .safetensors file; pass a model folder or .safetensors file")
         self.where: dict[str, Path] = {}

@@ -119,15 +119,24 @@ class Blade(nn.Module):
     @classmethod
     def from_tensors(cls, settings: dict[str, Any], tensors: dict[str, Tensor]) -> Blade:
         """Rebuild a blade from ``settings()`` and ``tensors()``; a missing or misshapen tensor is refused."""
-        blade = cls(int(settings["width_a"]), int(settings["width_b"]), map_kind=str(settings["map_kind"]),
-                    gate=str(settings["gate"]), rank=int(settings.get("rank") or 16),
-                    hidden=int(settings.get("hidden") or 256))
-        expected = blade.state_dict()
+        def make() -> Blade:
+            return cls(int(settings["width_a"]), int(settings["width_b"]), map_kind=str(settings["map_kind"]),
+                       gate=str(settings["gate"]), rank=int(settings.get("rank") or 16),
+                       hidden=int(settings.get("hidden") or 256))
+
+        try:
+            # shapes first on the meta device: settings from a file must not size a real allocation
+            with torch.device("meta"):
+                expected = make().state_dict()
+        except (KeyError, TypeError, ValueError, TransferError, RuntimeError) as exc:
+            raise TransferError(f"the blade's settings cannot be read ({exc}); the part file is damaged: train the "
+                                "blade again") from None
         wrong = sorted(set(expected) ^ set(tensors)) or \
             [name for name in expected if tuple(expected[name].shape) != tuple(tensors[name].shape)]
         if wrong:
             raise TransferError(f"the blade's tensors do not match its settings (first: '{wrong[0]}'); "
                                 "the part file is damaged: train the blade again")
+        blade = make()
         blade.load_state_dict({name: value.float() for name, value in tensors.items()})
         return blade
 

@@ -298,7 +298,8 @@ def attach_from_folder(loaded: Any, folder: Path, entry: dict[str, Any], options
 
     name = str(entry.get("file", ""))
     part = str(entry.get("part", name))
-    if not BLADE_FILE.match(name) or not isinstance(entry.get("blade"), dict) or \
+    if not BLADE_FILE.fullmatch(name) or not isinstance(entry.get("blade"), dict) or \
+            not all(isinstance(entry.get(key), str) for key in ("address_a", "address_b", "alignment")) or \
             not all(isinstance(entry.get(key), dict) for key in ("model_a", "model_b")):
         raise TransferError(f"{folder / ATTACHED_MANIFEST} lists blade '{part}' without its file, settings or "
                             "models; rebuild the folder")
