@@ -14,8 +14,12 @@ is off B's residual distribution: in Gemma-3-270M it costs ~10–26× native's K
 so its effect on the target words is disruption more than direction. The *random-split* one is
 the standard null for a DiffMean direction: the garage's own DiffMean recipe over a seeded random
 split of the task's own prompts (positives and negatives pooled, shuffled, cut in two halves) —
-the same data distribution with the label taken away. ``works`` keeps the rule against the
-isotropic control; ``works_in_distribution`` is the same rule against the split one.
+the same data distribution with the label taken away — on average only: a random cut of few
+prompts often keeps part of the label (16 prompts cut 8/8 leave the classes unequal 62% of the
+time, and such cuts carry 25–50% of the label's DiffMean), so this control is stronger than its
+name says; a stratified cut (half of each class per half) would remove the label by construction.
+``works`` keeps the rule against the isotropic control; ``works_in_distribution`` is the same rule
+against the split one.
 """
 
 from __future__ import annotations
