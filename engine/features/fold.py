@@ -110,16 +110,6 @@ def fold_feature_scale(coder: SparseCoder | CoderPart, scales: Mapping[int, floa
     return SparseCoder(dataclasses.replace(parent.config, folded_from=ancestor), {**parent.tensors, "W_dec": w_dec})
 
 
-def _free_name(bin_: PartsBin, base: str) -> str:
-    taken = {record.name for record in bin_.list()}
-    if base not in taken:
-        return base
-    counter = 2
-    while f"{base}-{counter}" in taken:
-        counter += 1
-    return f"{base}-{counter}"
-
-
 def _plan(record: PartRecord, tensors: dict[str, Tensor], fragment: dict[str, Any]) -> Any:
     from engine.parts.plan import PartPlan
     from engine.parts.record import TensorEntry
@@ -167,9 +157,8 @@ def fold_part(bin_: PartsBin, parent: str, scales: Mapping[int, float], *, name:
     fragment = {**record.config, "coder": coder.config.to_dict(), "metrics": {}, "fold": provenance}
     source = {**record.source, "kind": "fold"}
     tensors = {key: value.contiguous() for key, value in coder.tensors.items()}
-    final = name if name is not None else _free_name(bin_, f"{record.name}-fold")
     summary = ", ".join(f"#{f}×{factor:g}" for f, factor in zip(features, factors, strict=True))
-    saved = bin_.add_planned(_plan(record, tensors, fragment), tensors, source, final, tags,
-                             notes or f"{record.name} with {summary}")
+    saved = bin_.add_planned(_plan(record, tensors, fragment), tensors, source, name, tags,
+                             notes or f"{record.name} with {summary}", base_name=f"{record.name}-fold")
     return FoldResult(saved.name, record.name, record.sha256, saved.sha256, saved.kind, saved.address,
                       saved.config.get("address_out"), features, factors, created)

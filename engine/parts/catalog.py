@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import datetime as _dt
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from engine.parts.naming import check_name, default_name, part_file
 from engine.parts.record import PartRecord, VerifyResult
 from engine.parts.store import CATALOG_FILE, TABLE, locked, open_db, record_doc
 from engine.storage import atomic_write_bytes, garage_home
+
+_DIGEST = re.compile(r"[0-9a-f]{8,64}")  # a sha256 prefix long enough to mean one part
 
 if TYPE_CHECKING:  # torch stays unimported for the catalog-only verbs (parts list/show/tag/note/rename/rm)
     from torch import Tensor, nn
@@ -93,17 +96,19 @@ class PartsBin:
         return self._add(plan, tensors, source, name, tags, notes)
 
     def add_planned(self, plan: PartPlan, tensors: dict[str, Tensor], source: dict[str, Any],
-                    name: str | None = None, tags: tuple[str, ...] | list[str] = (), notes: str = "") -> PartRecord:
-        """Catalog tensors made elsewhere (SAEs, transcoders, directions) under a plan the caller wrote."""
-        return self._add(plan, tensors, source, name, tags, notes)
+                    name: str | None = None, tags: tuple[str, ...] | list[str] = (), notes: str = "",
+                    base_name: str | None = None) -> PartRecord:
+        """Catalog tensors made elsewhere (SAEs, transcoders, directions) under a plan the caller wrote;
+        without ``name``, the first free one of ``base_name``, ``base_name-2``, ... (taken under the bin's lock)."""
+        return self._add(plan, tensors, source, name, tags, notes, base_name)
 
     def _add(self, plan: PartPlan, tensors: dict[str, Tensor], source: dict[str, Any], name: str | None,
-             tags: tuple[str, ...] | list[str], notes: str) -> PartRecord:
+             tags: tuple[str, ...] | list[str], notes: str, base_name: str | None = None) -> PartRecord:
         _check_request(name, tags)
         bare, _ = serialize(plan, tensors)
         with locked(self.parts_dir), open_db(self.parts_dir) as db:
             table = db.table(TABLE)
-            final_name = name or _free_name(table, default_name(source["name"], plan.address))
+            final_name = name or _free_name(table, base_name or default_name(source["name"], plan.address))
             if table.contains(Query().name == final_name):
                 raise PartNameError(f"a part named '{final_name}' is already in the bin; pass another --name "
                                     "or remove the old one with `garage parts rm`")
@@ -194,6 +199,19 @@ class PartsBin:
             if record.name == name:
                 return record
         raise PartNotFoundError(f"no part named '{name}' in the bin; `garage parts list` shows what is there")
+
+    def find(self, ref: str, kind: str) -> PartRecord:
+        """The part called ``ref``, or the one ``kind`` part whose sha256 starts with ``ref`` (8+ hex digits)."""
+        try:
+            return self.get(ref)
+        except PartNotFoundError:
+            if not _DIGEST.fullmatch(ref):
+                raise
+        found = [record for record in self.list(kind=kind) if record.sha256.startswith(ref)]
+        if len(found) != 1:
+            raise PartNotFoundError(f"{'no' if not found else len(found)} {kind} part(s) with sha256 starting "
+                                    f"{ref}; `garage parts list --kind {kind}` shows them") from None
+        return found[0]
 
     # --- changing -----------------------------------------------------------------------
     def _update(self, name: str, change) -> PartRecord:

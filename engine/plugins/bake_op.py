@@ -24,7 +24,6 @@ from engine.errors import GarageError
 KINDS = {"ablate-direction": ("part",), "steer": ("part", "layer", "strength"), "head-scale": ("head", "factor")}
 REQUIRED = {"ablate-direction": ("part",), "steer": ("part", "strength"), "head-scale": ("head", "factor")}
 _HEAD = re.compile(r"^L(?P<layer>\d+)\.(?:attn\.)?[hH](?P<head>\d+)$")
-_DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
 _LAYER_OF = re.compile(r"^L(\d+)\b")
 
 
@@ -68,19 +67,9 @@ def _parse(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 def direction_record(ref: str) -> Any:
     """The direction part called ``ref``, or whose sha256 starts with ``ref`` (catalog only, no tensor)."""
-    from engine.parts import PartNotFoundError, PartsBin
+    from engine.parts import PartsBin
 
-    bin_ = PartsBin()
-    try:
-        record = bin_.get(ref)
-    except PartNotFoundError:
-        if not _DIGEST.match(ref):
-            raise
-        found = [r for r in bin_.list(kind="direction") if r.sha256.startswith(ref)]
-        if len(found) != 1:
-            raise PartNotFoundError(f"{'no' if not found else len(found)} direction part(s) with sha256 starting "
-                                    f"{ref}; `garage parts list --kind direction` shows them") from None
-        record = found[0]
+    record = PartsBin().find(ref, "direction")
     if record.kind != "direction":
         raise OpFieldError("part", f"part '{record.name}' is a {record.kind}, not a direction; make one with "
                                    "`garage direction make`")

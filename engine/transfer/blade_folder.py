@@ -35,7 +35,6 @@ __all__ = ["BLADE_FILE", "StandingBlade", "attach_from_bin", "attach_from_folder
            "config_hash_of", "write_blade", "write_record"]
 
 BLADE_FILE = re.compile(r"^blade-\d{2}\.safetensors$")  # engine.build.out_folder keeps the same names
-_DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 @dataclass
@@ -173,19 +172,9 @@ def plan_standing_blade(anatomy: Any, item: Intervention, mask: RunMask | None) 
 
 def blade_record(ref: str) -> Any:
     """The blade part called ``ref``, or whose sha256 starts with ``ref`` (catalog only, no tensor)."""
-    from engine.parts import PartNotFoundError, PartsBin
+    from engine.parts import PartsBin
 
-    bin_ = PartsBin()
-    try:
-        record = bin_.get(ref)
-    except PartNotFoundError:
-        if not _DIGEST.match(ref):
-            raise
-        found = [r for r in bin_.list(kind="blade") if r.sha256.startswith(ref)]
-        if len(found) != 1:
-            raise PartNotFoundError(f"{'no' if not found else len(found)} blade part(s) with sha256 starting {ref}; "
-                                    "`garage parts list --kind blade` shows them") from None
-        record = found[0]
+    record = PartsBin().find(ref, "blade")
     if record.kind != "blade" or record.config.get("format") != BLADE_FORMAT:
         raise TransferError(f"part '{record.name}' is a {record.kind}, not a blade; `garage parts list --kind "
                             "blade` shows the blades")
