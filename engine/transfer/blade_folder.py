@@ -28,7 +28,7 @@ from engine.attached import ATTACHED_FORMAT, ATTACHED_MANIFEST, OpenOptions, rea
 from engine.errors import GarageError, InterventionError
 from engine.interventions import EditPlan, Intervention, RunMask
 from engine.transfer.blade import Blade
-from engine.transfer.blade_parts import BLADE_FORMAT, BladeMismatchError
+from engine.transfer.blade_parts import BLADE_FORMAT, check_blade_model
 from engine.transfer.pairs import ALIGN_SAME_TOKENS, TransferError
 
 __all__ = ["BLADE_FILE", "StandingBlade", "attach_from_bin", "attach_from_folder", "blade_record",
@@ -263,11 +263,7 @@ def _open_a(made_for: Mapping[str, Any], part: str, where: str, options: OpenOpt
 
 
 def _check_model(part: str, role: str, made_for: Mapping[str, Any], loaded: Any) -> None:
-    expected = made_for.get("config_hash")
-    if expected and expected != loaded.config_hash:
-        raise BladeMismatchError(
-            f"blade '{part}' was trained with '{made_for.get('name')}' (config {expected}) as model {role}, but "
-            f"'{loaded.name}' has config {loaded.config_hash}; rebuild with the right model or train a blade for it")
+    check_blade_model(part, role, made_for, loaded, "rebuild with the right model or train a blade for it")
 
 
 def _standing(loaded_b: Any, loaded_a: Any, blade: Blade, entry: Mapping[str, Any], where: str) -> StandingBlade:

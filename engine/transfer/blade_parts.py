@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,12 +76,14 @@ class BladePart:
     alignment: str
 
 
-def _check(part_name: str, role: str, made_for: dict[str, Any], loaded: Any) -> None:
+def check_blade_model(part_name: str, role: str, made_for: Mapping[str, Any], loaded: Any,
+                      remedy: str = "open that model or train a blade for this one") -> None:
+    """Refuse ``loaded`` as model ``role`` (A or B) when its config hash is not the one the blade was trained with."""
     expected = made_for.get("config_hash")
     if expected and expected != loaded.config_hash:
         raise BladeMismatchError(
             f"blade '{part_name}' was trained with '{made_for.get('name')}' (config {expected}) as model {role}, but "
-            f"'{loaded.name}' has config {loaded.config_hash}; open that model or train a blade for this one")
+            f"'{loaded.name}' has config {loaded.config_hash}; {remedy}")
 
 
 def load_blade(bin_: PartsBin, name: str, *, loaded_a: Any | None = None, loaded_b: Any | None = None) -> BladePart:
@@ -92,9 +94,9 @@ def load_blade(bin_: PartsBin, name: str, *, loaded_a: Any | None = None, loaded
                             "shows the blades")
     config = record.config
     if loaded_b is not None:
-        _check(name, "B", config["model_b"], loaded_b)
+        check_blade_model(name, "B", config["model_b"], loaded_b)
     if loaded_a is not None:
-        _check(name, "A", config["model_a"], loaded_a)
+        check_blade_model(name, "A", config["model_a"], loaded_a)
     blade = Blade.from_tensors(config["blade"], bin_.load_tensors(name))
     blade.eval()
     return BladePart(record, blade, config["address_a"], config["address_b"], config["model_a"], config["model_b"],
@@ -116,8 +118,8 @@ def attach_blade(part: BladePart, loaded_a: Any, loaded_b: Any, texts: Sequence[
     """Run A over ``texts`` and return the blade as an intervention for B on the same texts (models checked)."""
     from engine.transfer.blade_data import encode_texts
 
-    _check(part.record.name, "B", part.model_b, loaded_b)
-    _check(part.record.name, "A", part.model_a, loaded_a)
+    check_blade_model(part.record.name, "B", part.model_b, loaded_b)
+    check_blade_model(part.record.name, "A", part.model_a, loaded_a)
     ids, mask, donor, alignment = encode_texts(loaded_a, loaded_b, part.address_a, list(texts), cancel=cancel)
     intervention = inject(part.blade, part.address_b, donor.rows, donor.batch_index, donor.position_index,
                           part=part.record.name)
