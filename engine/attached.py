@@ -7,6 +7,11 @@ and asks the kind's handler (registered by a plugin) to attach each entry as a *
 intervention of the opened model, one every ``engine.run.run`` of it applies. Plain transformers
 ignores both files and loads the weights alone.
 
+A caller that needs only the weights (a recipe source, an extraction, ``garage inspect``) opens
+with ``attach=False``: the parts are not attached (model A is never opened) and their names go to
+``LoadedModel.detached``, which ``engine.run`` refuses to run, so B is never run as if it were the
+whole model.
+
 Torch-free: the loader only checks for the manifest, and plugins register handlers by name.
 """
 
@@ -23,7 +28,7 @@ from engine.errors import GarageError
 from engine.registry import Registry
 
 __all__ = ["ATTACHED_FORMAT", "ATTACHED_MANIFEST", "ATTACHMENT_KINDS", "AttachmentKind", "OpenOptions", "attach_folder",
-           "read_manifest", "register_attachment_kind", "weight_files"]
+           "carried_names", "read_manifest", "register_attachment_kind", "weight_files"]
 
 ATTACHED_MANIFEST = "garage_attached.json"
 ATTACHED_FORMAT = "garage-attached/1"
@@ -85,8 +90,17 @@ def weight_files(folder: Path) -> list[Path]:
 _opening = threading.local()
 
 
-def attach_folder(loaded: Any, folder: Path, options: OpenOptions) -> None:
-    """Attach every part ``folder``'s manifest lists to ``loaded`` (as standing interventions)."""
+def carried_names(folder: Path) -> list[str]:
+    """``kind name`` of each part ``folder``'s manifest lists (``blade a-into-b``), for messages."""
+    return [f"{entry['kind']} {entry.get('part') or entry.get('file') or '?'}" for entry in read_manifest(folder)]
+
+
+def attach_folder(loaded: Any, folder: Path, options: OpenOptions, attach: bool = True) -> None:
+    """Attach every part ``folder``'s manifest lists to ``loaded`` (as standing interventions);
+    with ``attach=False`` only name them in ``loaded.detached``."""
+    if not attach:
+        loaded.detached = carried_names(folder)
+        return
     entries = read_manifest(folder)
     if not entries:
         return

@@ -29,10 +29,16 @@ What "peak" means here, so that the numbers can be checked against ``ru_maxrss``
   small tensors)`` (``_pass_peak``), not at the load peak plus everything the pass allocates.
 * a capture of ``lm_head.out`` keeps the logits tensor the forward returns anyway: the logits
   are counted once (in the forward), not again as a capture.
+* a folder that carries a blade (``engine.attached``) opens its model A after B's weights are in
+  and runs A inside every pass of B (last-position logits only, one captured point): A is planned
+  from its recorded source's config alone, and its resident bytes, load peak and pass are added to
+  B's peaks (``FitPlan.attached``). A opens on B's device, so its weights are added to the per-device
+  shares too (``FitPlan.devices``): a GPU line that leaves A out would say B fits where B and A do not.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.errors import GarageError
+from engine.safe_text import shown
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -95,6 +102,20 @@ class GgufWeights:
 
 
 @dataclass
+class AttachedPlan:
+    """A model a carried part opens alongside (a blade's model A) and what it adds to the peaks."""
+
+    part: str
+    model: str
+    source: str
+    weight_bytes: int
+    resident_bytes: int  # kept while the model is open: A's host weights, allowance, tokenizer (and its own parts)
+    load_peak_bytes: int  # A's own load peak, reached once B's weights are in
+    pass_bytes: int  # A's forward inside each pass of B: its working tensors and the point the blade reads
+    devices: list[DeviceShare] = field(default_factory=list)  # A's weights per device, added into FitPlan.devices
+
+
+@dataclass
 class FitPlan:
     """Memory a model needs on each device for a given dtype, sequence and captures."""
 
@@ -126,6 +147,7 @@ class FitPlan:
     capture_peak_bytes: int
     gguf: GgufWeights | None = None
     notes: list[str] = field(default_factory=list)
+    attached: list[AttachedPlan] = field(default_factory=list)  # counted in the peaks and device shares above
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -290,7 +312,7 @@ def plan_structure(
     gguf = _gguf_weights(loaded, dtype, n_parameters) if loaded.source_kind.endswith("gguf") else None
     if device == "auto" and any(share.device == "disk" for share in devices):
         notes.append("layers on disk are read back at every forward pass (slow, but exact)")
-    return FitPlan(
+    plan = FitPlan(
         model=loaded.name, model_type=str(getattr(config, "model_type", "?")), dtype=dtype, device=device,
         seq=seq, batch=batch, n_parameters=n_parameters, weight_bytes=weight_bytes,
         checkpoint_dtype=checkpoint_dtype, devices=devices, placement=placement, kv_cache_bytes=kv_cache,
@@ -303,6 +325,130 @@ def plan_structure(
         capture_peak_bytes=max(load_peak, _pass_peak(base, tokenizer_transient, forward_sizes + captured)),
         gguf=gguf, notes=notes,
     )
+    _add_attached(plan, loaded, device=device, dtype=dtype, seq=seq, batch=batch)
+    return plan
+
+
+def _resident(plan: FitPlan) -> int:
+    """What stays resident once the planned model is loaded (``base`` in ``plan_structure``)."""
+    on_host = plan.weight_bytes
+    if plan.device == "auto":  # the cpu share less what the plan's own attached models put there
+        on_host = sum(share.weight_bytes for share in plan.devices if share.device == "cpu") - sum(
+            share.weight_bytes for item in plan.attached for share in item.devices if share.device == "cpu")
+    return on_host + plan.runtime_allowance_bytes + plan.tokenizer_bytes
+
+
+# sources being planned in this thread: a part whose model A carries a part reading the first is a loop
+_planning = threading.local()
+
+
+def _add_attached(plan: FitPlan, loaded: Any, *, device: str, dtype: str, seq: int, batch: int) -> None:
+    """Fold the models that carried parts open alongside into ``plan``'s peaks."""
+    folder = _carrying_folder(loaded)
+    key = str(folder.resolve()) if folder is not None else str(loaded.source)
+    planning: set[str] = _planning.__dict__.setdefault("sources", set())
+    if key in planning:
+        plan.notes.append(f"{key} carries a part whose model A needs {key} itself opened first: it will not open")
+        return
+    planning.add(key)
+    try:
+        _add_found(plan, _attached_models(loaded, dtype, plan.notes), device=device, dtype=dtype, seq=seq,
+                   batch=batch)
+    finally:
+        planning.discard(key)
+
+
+def _add_found(plan: FitPlan, found: list[tuple[str, Any, str]], *, device: str, dtype: str, seq: int,
+               batch: int) -> None:
+    kept = _resident(plan)
+    for part, other, address in found:
+        try:
+            sub = plan_for_loaded(other, device=device, dtype=dtype, seq=seq, batch=batch, captures=[address])
+        except GarageError as exc:
+            plan.notes.append(f"carries {part}, whose model A '{shown(other.name)}' cannot be planned ({exc}); A is "
+                              "not counted")
+            continue
+        resident = _resident(sub) + sum(item.resident_bytes for item in sub.attached)
+        # A runs with last-position logits only, so one position of its logits, not seq of them
+        pass_bytes = sub.forward_transient_bytes - sub.logits_bytes + sub.logits_bytes // sub.seq + sub.capture_bytes
+        plan.load_peak_bytes = max(plan.load_peak_bytes, kept + sub.load_peak_bytes)
+        kept += resident
+        plan.forward_peak_bytes = max(plan.load_peak_bytes, plan.forward_peak_bytes + resident + pass_bytes)
+        plan.capture_peak_bytes = max(plan.load_peak_bytes, plan.capture_peak_bytes + resident + pass_bytes)
+        shares = _own_shares(sub)
+        _add_shares(plan.devices, shares)
+        plan.attached.append(AttachedPlan(part, other.name, str(other.source), sub.weight_bytes, resident,
+                                          sub.load_peak_bytes, pass_bytes, shares))
+        plan.notes.append(f"carries {part}: model A '{shown(other.name)}' ({_gib(sub.weight_bytes)} of weights) "
+                          "opens alongside on the same device and runs inside every pass; the peaks and the "
+                          "per-device shares include it")
+        if device == "auto":
+            plan.notes.append(f"model A '{shown(other.name)}' opens with --device auto but without --max-memory "
+                              "(the loader does not pass it on)")
+
+
+def _own_shares(sub: FitPlan) -> list[DeviceShare]:
+    """``sub``'s weights per device, its own attached models' included (they open on the same device)."""
+    return [DeviceShare(share.device, share.weight_bytes) for share in sub.devices]
+
+
+def _add_shares(devices: list[DeviceShare], shares: list[DeviceShare]) -> None:
+    """Add ``shares`` into ``devices``, device by device (a device B does not use gets its own entry)."""
+    for share in shares:
+        same = next((item for item in devices if item.device == share.device), None)
+        if same is None:
+            devices.append(DeviceShare(share.device, share.weight_bytes))
+        else:
+            same.weight_bytes += share.weight_bytes
+
+
+def _carrying_folder(loaded: Any) -> Path | None:
+    """The folder whose manifest ``open_model`` would attach for ``loaded``: the folder itself, or the folder
+    holding the single weight file it was opened through (``open_model("built/model.safetensors")``)."""
+    if loaded.source_kind in ("folder", "bundled-folder"):
+        return Path(str(loaded.source))
+    if loaded.source_kind == "safetensors":
+        return Path(str(loaded.source)).parent
+    return None
+
+
+def _attached_models(loaded: Any, dtype: str, notes: list[str]) -> list[tuple[str, Any, str]]:
+    """``(part, model A, A's address)`` for each part that opens a second model: the attached ones of an
+    open model, else those the folder's manifest lists, A opened structure-only from its recorded source."""
+    standing = list(getattr(loaded, "standing", None) or [])
+    if standing or getattr(loaded, "detached", None):  # an open model: what it attached is what it holds
+        return [(f"{item.kind} {item.part}", item.loaded_a, str(item.address_a)) for item in standing
+                if getattr(item, "loaded_a", None) is not None]
+    folder = _carrying_folder(loaded)
+    if folder is None:
+        return []
+    from engine.attached import read_manifest
+    from engine.loading import open_model
+
+    try:
+        entries = read_manifest(folder)
+    except GarageError as exc:  # the plan still sizes B; the open itself will refuse the folder
+        notes.append(f"{exc} (the parts it carries are not counted, and opening it will fail the same way)")
+        return []
+    found: list[tuple[str, Any, str]] = []
+    for entry in entries:
+        made = entry.get("model_a")
+        if not isinstance(made, dict):
+            continue
+        part = shown(f"{entry['kind']} {entry.get('part') or entry.get('file')}")
+        error = ""
+        for spec in dict.fromkeys(str(made[key]) for key in ("source", "name") if made.get(key)):
+            try:
+                found.append((part, open_model(spec, structure_only=True, dtype=dtype),
+                              str(entry.get("address_a", ""))))
+                break
+            except GarageError as exc:
+                error = error or str(exc)
+        else:
+            notes.append(f"carries {part}, whose model A '{shown(made.get('name'))}' cannot be found "
+                         f"({shown(error) if error else 'no source recorded'}): the folder will not open until it "
+                         "is back, and A is not counted")
+    return found
 
 
 def _tensor_bytes(module: nn.Module) -> int:

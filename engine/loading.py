@@ -60,6 +60,8 @@ class LoadedModel:
     # interventions every ``engine.run.run`` of this model applies first: parts its folder carries
     # beside the weights (a blade baked into a hybrid; ``engine.attached``)
     standing: list[Any] = field(default_factory=list)
+    # parts the folder carries that this open left off (``attach=False``): ``engine.run`` refuses to run it
+    detached: list[str] = field(default_factory=list)
 
     @property
     def config_hash(self) -> str:
@@ -202,11 +204,14 @@ def open_model(
     cancel: threading.Event | None = None,
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
+    attach: bool = True,
 ) -> LoadedModel:
     """Open ``spec`` with weights (or only its structure, on the meta device).
 
     With ``device="auto"``, ``max_memory`` (``{0: "20GiB", "cpu": "30GiB"}``) bounds each device
     and what does not fit is offloaded to ``offload_folder`` (default: under the cache folder).
+    ``attach=False`` leaves off the parts the folder carries (``engine.attached``): for callers
+    that read only the weights; the model then refuses to run.
     """
     check_device(device, dtype)
     _quiet_transformers()
@@ -252,7 +257,7 @@ def open_model(
     if weights_source.folder is not None and weights_source.hub_id is None:
         from engine.attached import OpenOptions, attach_folder
 
-        attach_folder(loaded, weights_source.folder, OpenOptions(device, dtype))
+        attach_folder(loaded, weights_source.folder, OpenOptions(device, dtype), attach=attach)
     return loaded
 
 

@@ -42,9 +42,13 @@ class RunOutput:
 
 
 def require_weights(loaded: LoadedModel) -> None:
-    """Refuse a structure-only model (no weights) with a message that says how to run it."""
+    """Refuse a structure-only model (no weights), or one opened without the parts its folder carries
+    (B alone is not the model), with a message that says how to run it."""
     if loaded.structure_only:
         raise GarageError(f"'{loaded.name}' is open structure-only (no weights); open it with weights to run it")
+    if loaded.detached:
+        raise GarageError(f"'{loaded.name}' was opened without the {loaded.detached[0]} its folder carries "
+                          "(attach=False, for reading weights); open it again with its parts to run it")
 
 
 def run(

@@ -24,6 +24,9 @@ def plan_lines(plan: Any) -> list[str]:
         f"KV cache ({plan.batch}×{plan.seq} tokens): {human_bytes(plan.kv_cache_bytes)}",
         f"peak: load {human_bytes(plan.load_peak_bytes)} · forward {human_bytes(plan.forward_peak_bytes)}",
     ]
+    for item in plan.attached:
+        lines.append(f"with {item.part}: model A '{item.model}' {human_bytes(item.weight_bytes)} on the same "
+                     "device, in the placement and peaks above")
     if plan.captured_points:
         lines.append(f"captures ({plan.captured_points} points): {human_bytes(plan.capture_bytes)} · "
                      f"peak {human_bytes(plan.capture_peak_bytes)}")
@@ -36,6 +39,7 @@ def plan_lines(plan: Any) -> list[str]:
 
 def plan_table(plan: Any):
     """Every figure of the plan, then the device map grouped into runs of one device."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"fit plan: {plan.model} ({plan.model_type}, {plan.dtype}, device {plan.device})")
@@ -43,8 +47,11 @@ def plan_table(plan: Any):
     table.add_column("bytes", justify="right")
     rows = [
         ("weights", plan.weight_bytes),
-        *((f"  on {share.device}" + (f" (budget {human_bytes(share.budget_bytes)})"
-                                      if share.budget_bytes is not None else ""), share.weight_bytes)
+        # the model A a carried blade opens goes on the same devices, so the shares below include it
+        *((escape(f"model A '{item.model}' ({item.part})"), item.weight_bytes) for item in plan.attached),
+        *((f"  on {share.device}" + (" with model A" if plan.attached else "")
+           + (f" (budget {human_bytes(share.budget_bytes)})" if share.budget_bytes is not None else ""),
+           share.weight_bytes)
           for share in plan.devices),
         (f"KV cache ({plan.batch}×{plan.seq})", plan.kv_cache_bytes),
         ("logits", plan.logits_bytes),

@@ -75,7 +75,8 @@ def preview(
         check_cancel(cancel, "the preview")
         notify(progress, f"opening {alias}", len(loaded) / (len(sources) + 1))
         given = (models or {}).get(alias)
-        loaded[alias] = given if given is not None else open_model(str(source.folder))
+        # a source gives only its weights (the builder copies no carried part): a blade's model A stays shut
+        loaded[alias] = given if given is not None else open_model(str(source.folder), attach=False)
     layouts = {alias: source_layout(source) for alias, source in sources.items()}
     fetch = _memory_fetch(loaded, layouts)
     base = loaded[recipe.base_alias]

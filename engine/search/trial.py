@@ -59,7 +59,7 @@ def _source(spec: str) -> Any:
     cache = worker_cache()
     key = f"search-source:{spec}"
     if key not in cache:
-        cache[key] = open_model(spec)
+        cache[key] = open_model(spec, attach=False)  # a source lends its weights to the preview, nothing it carries
     return cache[key]
 
 

@@ -7,7 +7,8 @@ standard architecture cannot hold a second model, so a build (the recipe op ``bl
 attaches a ``StandingBlade``: an intervention that, in every pass of B, reads the pass's own token
 ids, runs A over them (or over their text, when the tokenizers differ) and adds the blade's output
 at B's address — the same numbers as the runtime blade (``engine.transfer.blade_parts``) on that
-text. Plain transformers loads only the weights: B without the blade.
+text. Plain transformers loads only the weights: B without the blade. Widening the opened model
+(``engine.transfer.widen.widened_loaded``) keeps the blade, its output mapped like the residual.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ from torch import Tensor
 from engine.attached import ATTACHED_FORMAT, ATTACHED_MANIFEST, OpenOptions, read_manifest
 from engine.errors import GarageError, InterventionError
 from engine.interventions import EditPlan, Intervention, RunMask
+from engine.safe_text import shown
 from engine.transfer.blade import Blade
 from engine.transfer.blade_parts import BLADE_FORMAT, check_blade_model
 from engine.transfer.pairs import ALIGN_SAME_TOKENS, TransferError
@@ -64,6 +66,33 @@ class StandingBlade(Intervention):
     part: str | None = None
     carried_by: str = ""  # the built folder, for descriptions
     rows_read: list[int] = field(default_factory=list)  # A's rows each pass paired (a test can see them)
+    # exact residual maps of widenings B went through since (``engine.transfer.widen.KnownMap``), in order:
+    # the blade's output is mapped like the residual it is added to, so the wide model stays the same function
+    out_maps: tuple[Any, ...] = ()
+    # those maps composed into one [width_b, width_out] float32 matrix when the blade is widened, so a pass
+    # does one matmul on the blade's device instead of rebuilding float64 maps on the host
+    out_matrix: Tensor | None = None
+
+    @property
+    def width_out(self) -> int:
+        assert self.blade is not None
+        return int(self.out_maps[-1].width_to) if self.out_maps else self.blade.width_b
+
+    def widened(self, known_map: Any) -> StandingBlade:
+        """This blade for B widened by ``known_map`` (``h_wide = map(h_B)``, linear): it adds ``map(out)``."""
+        if self.blade is None:
+            raise InterventionError(f"the blade at '{self.address}' needs its blade and model A")
+        if int(known_map.width_from) != self.width_out:
+            raise InterventionError(f"{self.describe()} writes {self.width_out} values per token and the widening "
+                                    f"starts from {known_map.width_from}; widen the model it is attached to")
+        composed = known_map.matrix()  # float64, exact: compose in it, round to float32 once
+        if self.out_maps:
+            previous = self.out_maps[0].matrix()
+            for earlier in self.out_maps[1:]:
+                previous = previous @ earlier.matrix()
+            composed = previous @ composed
+        return replace(self, out_maps=(*self.out_maps, known_map), out_matrix=composed.to(torch.float32),
+                       rows_read=[])
 
     def describe(self) -> str:
         name = getattr(self.loaded_a, "name", "A")
@@ -84,8 +113,8 @@ class StandingBlade(Intervention):
         if target.part.kind != "layer" or target.point not in (None, "out", "in"):
             raise InterventionError(f"cannot attach a blade at '{target.address}': use a residual point such as L10")
         hidden = anatomy.root.info.get("hidden_size")
-        if hidden is not None and hidden != self.blade.width_b:
-            raise InterventionError(f"the blade writes {self.blade.width_b} values per token but '{target.address}' "
+        if hidden is not None and hidden != self.width_out:
+            raise InterventionError(f"the blade writes {self.width_out} values per token but '{target.address}' "
                                     f"has {hidden}; attach it to the model it was trained for")
         embed = resolve_point(anatomy, "embed").part.module_path
         if embed is None:
@@ -110,7 +139,12 @@ class StandingBlade(Intervention):
             return value
         device = value.device
         blade = self.blade.to(device)
-        added = blade(rows.to(device).clone()).to(value.dtype)  # a clone: A ran in inference mode
+        added = blade(rows.to(device).clone())  # a clone: A ran in inference mode
+        if self.out_matrix is not None:
+            if self.out_matrix.device != device:  # moved once, kept there for the passes after
+                self.out_matrix = self.out_matrix.to(device)
+            added = added.float() @ self.out_matrix
+        added = added.to(value.dtype)
         return value.index_put((batch_index.to(device), position_index.to(device)), added, accumulate=True)
 
     def _same_tokens(self, ids: Tensor, present: Tensor, mask: RunMask | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -257,8 +291,9 @@ def _open_a(made_for: Mapping[str, Any], part: str, where: str, options: OpenOpt
         except GarageError as exc:
             tried.append(spec)
             first_error = first_error or str(exc)
-    raise TransferError(f"{where} carries blade '{part}', which reads model A '{made_for.get('name')}' from "
-                        f"{' or '.join(tried) or 'nowhere recorded'}, and it cannot be opened ({first_error}); put A "
+    raise TransferError(f"{shown(where)} carries blade '{shown(part)}', which reads model A "
+                        f"'{shown(made_for.get('name'))}' from {shown(' or '.join(tried)) or 'nowhere recorded'}, "
+                        f"and it cannot be opened ({first_error}); put A "
                         f"back there, or delete {ATTACHED_MANIFEST} to open the weights without the blade")
 
 
@@ -269,8 +304,9 @@ def _check_model(part: str, role: str, made_for: Mapping[str, Any], loaded: Any)
 def _standing(loaded_b: Any, loaded_a: Any, blade: Blade, entry: Mapping[str, Any], where: str) -> StandingBlade:
     if entry["alignment"] == ALIGN_SAME_TOKENS and loaded_a.tokenizer is not None and loaded_b.tokenizer is not None \
             and loaded_a.tokenizer.get_vocab() != loaded_b.tokenizer.get_vocab():
-        raise TransferError(f"blade '{entry['part']}' pairs A and B by token positions, but {where}'s tokenizer "
-                            f"differs from {loaded_a.name}'s; build the hybrid with B's tokenizer")
+        raise TransferError(f"blade '{shown(entry['part'])}' pairs A and B by token positions, but "
+                            f"{shown(where)}'s tokenizer differs from {shown(loaded_a.name)}'s; build the hybrid with "
+                            "B's tokenizer")
     return StandingBlade("standing-blade", str(entry["address_b"]), blade=blade.eval().requires_grad_(False),
                          loaded_a=loaded_a, address_a=str(entry["address_a"]), alignment=str(entry["alignment"]),
                          tokenizer_b=loaded_b.tokenizer, part=str(entry["part"]), carried_by=where)
@@ -286,7 +322,7 @@ def attach_from_folder(loaded: Any, folder: Path, entry: dict[str, Any], options
     if not BLADE_FILE.fullmatch(name) or not isinstance(entry.get("blade"), dict) or \
             not all(isinstance(entry.get(key), str) for key in ("address_a", "address_b", "alignment")) or \
             not all(isinstance(entry.get(key), dict) for key in ("model_a", "model_b")):
-        raise TransferError(f"{folder / ATTACHED_MANIFEST} lists blade '{part}' without its file, settings or "
+        raise TransferError(f"{folder / ATTACHED_MANIFEST} lists blade '{shown(part)}' without its file, settings or "
                             "models; rebuild the folder")
     try:
         payload = (folder / name).read_bytes()

@@ -226,14 +226,26 @@ def save_widened(widened: WidenedModel, folder: Path) -> Path:
 
 
 def widened_loaded(loaded: Any, width_to: int, seed: int = 0) -> tuple[Any, KnownMap]:
-    """Widen an open Llama and return it as an open model (same tokenizer) plus its known map."""
+    """Widen an open Llama and return it as an open model (same tokenizer) plus its known map.
+
+    Parts the model carries (a blade baked into a hybrid) come along, their output mapped like the
+    residual (``h_wide = s · pad(h @ Q)`` is linear, so adding ``map(out)`` to the wide stream is
+    adding ``out`` to the narrow one): the wide model stays the same function, blade included. A part
+    that cannot be mapped is refused rather than dropped, and a model opened without its parts
+    stays unrunnable.
+    """
     from engine.anatomy import build_anatomy
     from engine.loading import LoadedModel
 
+    for item in loaded.standing:
+        if not callable(getattr(item, "widened", None)):
+            raise WidenError(f"'{loaded.name}' carries {item.describe()}, which cannot follow a widening; delete its "
+                             "folder's garage_attached.json to widen the weights alone")
     widened = widen_llama(loaded.model, width_to, seed)
     model = load_widened(widened)
     wide = LoadedModel(name=f"{loaded.name}-wide{width_to}", source=f"widen({loaded.source}, {width_to}, seed={seed})",
                        source_kind="config", model=model, config=model.config, tokenizer=loaded.tokenizer,
                        anatomy=build_anatomy(model, model.config), device="cpu", dtype=loaded.dtype,
-                       structure_only=False)
+                       structure_only=False, standing=[item.widened(widened.known_map) for item in loaded.standing],
+                       detached=list(loaded.detached))
     return wide, widened.known_map

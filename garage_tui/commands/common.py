@@ -28,19 +28,23 @@ def add_model_options(parser: argparse.ArgumentParser, optional_model: bool = Fa
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
-def open_from_args(args: argparse.Namespace, structure_only: bool = False, progress: Progress | None = None):
+def open_from_args(args: argparse.Namespace, structure_only: bool = False, progress: Progress | None = None,
+                   attach: bool = True):
     """Open ``args.model`` with the common options; a first GGUF conversion shows a bar on a terminal.
 
-    A verb with a longer job passes its own ``progress`` so one bar covers the open and the job.
+    A verb with a longer job passes its own ``progress`` so one bar covers the open and the job; a
+    verb that only reads the weights passes ``attach=False`` (a carried blade's model A stays shut).
     """
     from engine.loading import open_model
 
     # verbs without add_model_options (parts fits) open on the defaults
     device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "float32")
     if progress is not None:
-        return open_model(args.model, device=device, dtype=dtype, structure_only=structure_only, progress=progress)
+        return open_model(args.model, device=device, dtype=dtype, structure_only=structure_only, progress=progress,
+                          attach=attach)
     with progress_bar(args, f"opening {args.model}") as own:
-        return open_model(args.model, device=device, dtype=dtype, structure_only=structure_only, progress=own)
+        return open_model(args.model, device=device, dtype=dtype, structure_only=structure_only, progress=own,
+                          attach=attach)
 
 
 def _finite(value: Any) -> Any:

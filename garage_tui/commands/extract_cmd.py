@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.load:
         from garage_tui.commands.common import open_from_args
 
-        record = bin_.add_from_model(open_from_args(args), args.address, name=args.name, tags=args.tag,
+        record = bin_.add_from_model(open_from_args(args, attach=False), args.address, name=args.name, tags=args.tag,
                                      notes=args.note)
     else:
         record = bin_.add_from_checkpoint(args.model, args.address, name=args.name, tags=args.tag, notes=args.note)

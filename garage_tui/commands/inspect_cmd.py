@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.safe_text import shown
 from garage_tui.commands.common import add_model_options, console, open_from_args, print_json
 
 
@@ -18,19 +19,29 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = open_from_args(args, structure_only=args.structure_only)
+    loaded = open_from_args(args, structure_only=args.structure_only, attach=False)  # the anatomy is B's weights
     anatomy = loaded.anatomy
     if args.json:
         print_json({
             "model": loaded.name, "source": loaded.source, "config_hash": loaded.config_hash,
             "structure_only": loaded.structure_only, "note": anatomy.note,
-            "tree": anatomy.root.to_dict(args.depth),
+            "not_attached": list(loaded.detached), "tree": anatomy.root.to_dict(args.depth),
         })
         return 0
+    from rich.markup import escape
+
     from garage_tui.render import anatomy_tree
 
     out = console()
     out.print(anatomy_tree(loaded.name, anatomy, args.depth, loaded.structure_only))
     if anatomy.note:
         out.print(f"[yellow]note:[/] {anatomy.note}")
+    if loaded.detached:
+        out.print(f"[yellow]note:[/] {escape(detached_note(loaded.detached))}")
     return 0
+
+
+def detached_note(detached: list[str]) -> str:
+    """One line saying the tree is the weights alone: the folder carries parts this open left off."""
+    return (f"the folder carries {', '.join(shown(name) for name in detached)}, not attached here: the tree is the "
+            "weights alone (opening the folder to run it attaches them)")
