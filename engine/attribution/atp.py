@@ -4,7 +4,8 @@ Convention: **denoising**. A node's score estimates how much the metric (the log
 difference ``logit(answer) − logit(wrong)`` at the last position, averaged over pairs) rises
 when that node's clean activation is patched into the corrupted run:
 ``(a_clean − a_corrupt) · ∂metric/∂a``, the gradient taken on the corrupted run. Cost: one
-clean forward, one corrupted forward and one backward (activation gradients only).
+forward pass over the clean and corrupted rows together and one backward (activation
+gradients only).
 With integrated gradients (``ig_steps`` K) the gradient is averaged over K points on the
 straight line from the corrupted to the clean token embeddings (midpoints), run as one batch.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.attribution.nodes import Graph, Node
-from engine.attribution.passes import PassRecord, instrumented, no_grad_pass
+from engine.attribution.passes import Key, PassRecord, SiteEdit, answer_readout, instrumented
 from engine.attribution.tasks import PairGroup
 
 Forward = Callable[[nn.Module, Tensor], Tensor]  # (model, ids [B, T]) -> last-position logits [B, V]
@@ -66,19 +67,17 @@ class NodeScores:
 
 def node_scores(graph: Graph, clean: PassRecord, corrupt: PassRecord, grads: dict, positions: int) -> NodeScores:
     """``(a_clean − a_corrupt) · gradient`` summed over pairs, positions and features, per node."""
-    scores = NodeScores.zeros(graph, positions)
+    layers = range(graph.n_layers)
 
-    def product(role: str, layer: int) -> Tensor:
-        key = (role, layer)
-        delta = clean.values[key].double() - corrupt.values[key].double()
-        return delta * grads[key].double()
+    def products(role: str) -> Tensor:  # [L, B, T, D]: one product per family, not one per layer
+        keys = [(role, layer) for layer in layers]
+        delta = (torch.stack([clean.values[key] for key in keys]).double()
+                 - torch.stack([corrupt.values[key] for key in keys]).double())
+        return delta * torch.stack([grads[key] for key in keys]).double()
 
-    for layer in range(graph.n_layers):
-        scores.heads[layer] = product("z", layer).unflatten(-1, (graph.n_heads, -1)).sum(dim=(0, 1, 3))
-        scores.attn[layer] = product("attn", layer).sum()
-        scores.mlp[layer] = product("mlp", layer).sum()
-        scores.resid[layer] = product("resid", layer).sum(dim=(0, 2))[-positions:]
-    return scores
+    return NodeScores(products("z").unflatten(-1, (graph.n_heads, -1)).sum(dim=(1, 2, 4)),
+                      products("attn").sum(dim=(1, 2, 3)), products("mlp").sum(dim=(1, 2, 3)),
+                      products("resid").sum(dim=(1, 3))[:, -positions:])
 
 
 @dataclass
@@ -97,41 +96,47 @@ def gradient_passes(model: nn.Module, graph: Graph, forward: Forward, group: Pai
                     cancel: threading.Event | None = None) -> GroupPasses:
     """The passes AtP (``ig_steps`` 0) or integrated gradients (``ig_steps`` K) need for one group.
 
-    The metric is divided by ``n_total`` (all pairs in all groups), so scores add up over groups
-    into the mean over pairs.
+    They run as one batch: the clean rows, the corrupted rows and, for integrated gradients, K
+    rows per pair on the path between their embeddings; the metric is summed over the corrupted
+    (or path) rows only, so the clean rows get a zero gradient. At a few tokens a pass costs
+    about one read of the weights however many rows it has, so one pass forward and one
+    backward is close to two forward passes. The metric is divided by ``n_total`` (all pairs in
+    all groups), so scores add up over groups into the mean over pairs.
     """
-    if ig_steps <= 0:
-        clean_logits, clean = no_grad_pass(model, graph, forward, group.clean_ids, cancel=cancel)
-        corrupt = PassRecord()
-        with torch.enable_grad(), instrumented(model, graph, corrupt, grads=True, edges=edges, cancel=cancel):
-            logits = forward(model, group.corrupt_ids)
-            rows = metric_rows(logits, group)
-            (rows.sum() / n_total).backward()
-        return GroupPasses(clean, corrupt, corrupt.grads, metric_rows(clean_logits, group).detach(), rows.detach())
-    size = group.size
-    # clean and corrupted rows share one pass: integrated gradients needs no gradient on either
-    both_logits, both = no_grad_pass(model, graph, forward, torch.cat([group.clean_ids, group.corrupt_ids]),
-                                     cancel=cancel)
-    clean, corrupt = _split(both, size)
-    clean_logits, corrupt_logits = both_logits[:size], both_logits[size:]
-    e_clean, e_corrupt = clean.values[("embed", -1)], corrupt.values[("embed", -1)]
-    alphas = ((torch.arange(ig_steps, dtype=e_clean.dtype, device=e_clean.device) + 0.5) / ig_steps)
-    alphas = alphas.repeat_interleave(size)[:, None, None]  # row k*B + b is step k of pair b
-    path = (e_corrupt.repeat(ig_steps, 1, 1) + alphas * (e_clean - e_corrupt).repeat(ig_steps, 1, 1))
-    path.requires_grad_(True)
-    steps = PassRecord()
-    with torch.enable_grad(), instrumented(model, graph, steps, grads=True, edges=edges,
-                                           embed_override=path, cancel=cancel):
-        logits = forward(model, group.corrupt_ids.repeat(ig_steps, 1))
-        (metric_rows(logits, group, ig_steps).sum() / (n_total * ig_steps)).backward()
-    grads = {key: g.unflatten(0, (ig_steps, size)).sum(dim=0) for key, g in steps.grads.items()}
-    return GroupPasses(clean, corrupt, grads, metric_rows(clean_logits, group), metric_rows(corrupt_logits, group))
+    size, steps = group.size, max(ig_steps, 0)
+    ids = torch.cat([group.clean_ids, group.corrupt_ids] + [group.corrupt_ids] * steps)
+    edits: dict[Key, list[SiteEdit]] = {}
+    if steps:
+        def interpolate(embedded: Tensor) -> Tensor:
+            e_clean, e_corrupt = embedded[:size], embedded[size:2 * size]
+            alphas = (torch.arange(steps, dtype=e_clean.dtype, device=e_clean.device) + 0.5) / steps
+            alphas = alphas.repeat_interleave(size)[:, None, None]  # row k*B + b is step k of pair b
+            path = e_corrupt.repeat(steps, 1, 1) + alphas * (e_clean - e_corrupt).repeat(steps, 1, 1)
+            return torch.cat([embedded[:2 * size], path])
+
+        edits[("embed", -1)] = [interpolate]
+    record = PassRecord()
+    scored = size if steps == 0 else 2 * size  # the rows the metric's gradient comes from
+    with answer_readout(model, graph, group) as readout, torch.enable_grad(), \
+            instrumented(model, graph, record, grads=True, edges=edges, edits=edits, cancel=cancel):
+        rows = metric_rows(forward(model, ids), readout, 2 + steps)
+        (rows[scored:].sum() / (n_total * max(steps, 1))).backward()
+    grads = {key: g[scored:].unflatten(0, (max(steps, 1), size)).sum(dim=0) for key, g in record.grads.items()}
+    clean, corrupt = _split(record, size, copy=steps > 0)
+    rows = rows.detach()
+    return GroupPasses(clean, corrupt, grads, rows[:size], rows[size:2 * size])
 
 
-def _split(record: PassRecord, size: int) -> tuple[PassRecord, PassRecord]:
-    """A two-halves pass (clean rows, then corrupted rows) as two records."""
-    first = PassRecord({key: value[:size] for key, value in record.values.items()},
-                       tuple_outputs=set(record.tuple_outputs))
-    second = PassRecord({key: value[size:] for key, value in record.values.items()},
-                        tuple_outputs=set(record.tuple_outputs))
-    return first, second
+def _split(record: PassRecord, size: int, *, copy: bool) -> tuple[PassRecord, PassRecord]:
+    """The clean rows and the corrupted rows of a batched pass as two records.
+
+    ``copy`` keeps only those rows alive (not the integrated-gradient path rows beside them).
+    """
+    def rows(value: Tensor, part: slice) -> Tensor:
+        return value[part].clone() if copy else value[part]
+
+    first, second = slice(0, size), slice(size, 2 * size)
+    return (PassRecord({key: rows(value, first) for key, value in record.values.items()},
+                       tuple_outputs=set(record.tuple_outputs)),
+            PassRecord({key: rows(value, second) for key, value in record.values.items()},
+                       tuple_outputs=set(record.tuple_outputs)))

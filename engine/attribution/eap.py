@@ -70,6 +70,9 @@ def edge_layout(graph: Graph) -> tuple[list[str], list[str], Tensor]:
 def _head_outputs(o_proj: nn.Module, delta_z: Tensor, n_heads: int) -> Tensor:
     """Each head's change in the residual stream, ``[H, B, T, d_model]``, through the output projection."""
     batch, length, width = delta_z.shape
+    if type(o_proj) is nn.Linear:  # each head through its own columns: 1/H of the masked product's work
+        per_head_weight = o_proj.weight.unflatten(1, (n_heads, width // n_heads))  # [d_model, H, dh]
+        return torch.einsum("bthk,dhk->hbtd", delta_z.unflatten(-1, (n_heads, -1)), per_head_weight)
     mask = torch.eye(n_heads, dtype=delta_z.dtype, device=delta_z.device).repeat_interleave(width // n_heads, dim=1)
     per_head = delta_z[None] * mask[:, None, None, :]  # [H, B, T, H*dh], one head kept per slice
     zero = o_proj(torch.zeros_like(delta_z[:1, :1]))  # the bias, if any, is no head's contribution

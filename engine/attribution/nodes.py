@@ -31,6 +31,7 @@ class Graph:
     d_head: int
     embed: str  # the token embedding module (its output seeds integrated gradients)
     logits_in: str | None = None  # the final norm: its input is what the unembedding reads
+    unembed: str | None = None  # the LM head (a plain linear one is cut to the metric's tokens)
 
     @property
     def n_layers(self) -> int:
@@ -101,5 +102,7 @@ def graph_for(loaded) -> Graph:
     embed = anatomy.by_address["embed"].module_path if "embed" in anatomy.by_address else None
     if embed is None:
         raise GarageError(f"'{loaded.name}' has no token embedding the garage can address")
+    head = anatomy.by_address.get("lm_head")
     geometry = anatomy.geometry
-    return Graph(tuple(layers), geometry.n_heads, geometry.head_dim, embed, final_norm)
+    return Graph(tuple(layers), geometry.n_heads, geometry.head_dim, embed, final_norm,
+                 head.module_path if head is not None else None)

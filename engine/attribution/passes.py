@@ -11,6 +11,7 @@ that component (not the residual skip around it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.attribution.nodes import Graph
+from engine.attribution.tasks import PairGroup
 from engine.errors import Cancelled
 from engine.tensors import first_tensor, replace_first
 
@@ -61,15 +63,17 @@ def instrumented(
     *,
     grads: bool = False,
     edges: bool = False,
-    embed_override: Tensor | None = None,
     edits: Mapping[Key, Sequence[SiteEdit]] | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[None]:
     """Hook ``model`` for one pass: patch ``edits`` in, record values (and gradients with ``grads``).
 
-    With ``grads`` the embedding output becomes a leaf that requires grad (or ``embed_override``
-    replaces it), parameters stop requiring grad for the block (only activation gradients are
-    needed, which halves the backward pass), and every recorded value gets a gradient hook.
+    With ``grads`` parameters stop requiring grad for the block (only activation gradients are
+    needed, which halves the backward pass) and every recorded value gets a gradient hook. The
+    first site in run order that nothing upstream feeds with a gradient becomes a leaf there, so
+    the backward pass stops at it: no site needs the embedding's gradient, and below layer 0's
+    ``z`` (or its attention input, with edges) nothing is scored. An ``("embed", -1)`` edit may
+    replace the embedding output (integrated gradients puts its interpolation path there).
     Everything is undone on exit, also when the pass raises.
     """
     edits = edits or {}
@@ -80,14 +84,18 @@ def instrumented(
     def keep(key: Key, value: Tensor) -> Tensor:
         for edit in edits.get(key, ()):
             value = edit(value)
+        if key[0] == "embed":
+            return value
         if key[0] in EDGE_ROLES or key[0] == "logits_in":
             if grads:  # a fresh node: its gradient is the path through this component only
-                value = value.clone()
+                value = value.clone() if value.requires_grad else value.detach().requires_grad_(True)
                 value.register_hook(lambda g, k=key: sink.grads.__setitem__(k, g.detach()))
             return value
-        if record is not None and key[0] != "embed":
+        if record is not None:
             record.values[key] = value.detach()
-        if grads and value.requires_grad:
+        if grads:
+            if not value.requires_grad:  # nothing upstream is scored: the backward pass may stop here
+                value = value.detach().requires_grad_(True)
             value.register_hook(lambda g, k=key: sink.grads.__setitem__(k, g.detach()))
         return value
 
@@ -96,13 +104,8 @@ def instrumented(
             value = first_tensor(output)
             if record is not None and not isinstance(output, Tensor):
                 record.tuple_outputs.add(key)
-            if key[0] == "embed":
-                if record is not None:
-                    record.values[key] = value.detach()
-                if embed_override is not None:
-                    value = embed_override
-                elif grads:
-                    value = value.detach().requires_grad_(True)
+            if key[0] == "embed" and record is not None:
+                record.values[key] = value.detach()
             return replace_first(output, keep(key, value))
         return hook
 
@@ -135,6 +138,43 @@ def instrumented(
             handle.remove()
         for param in frozen:
             param.requires_grad_(True)
+
+
+class _Readout(nn.Module):
+    """The unembedding cut to a few vocabulary rows: the metric reads two logits, not all of them."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
+
+@contextlib.contextmanager
+def answer_readout(model: nn.Module, graph: Graph, group: PairGroup) -> Iterator[PairGroup]:
+    """Unembed only ``group``'s answer and wrong tokens for the block; yields the group renumbered to them.
+
+    The full unembedding reads a ``vocab × d_model`` matrix forward and again backward, a fifth
+    of a small model's weights, for two logits per row. Each kept logit is the same dot product
+    (what the model does after the head, such as soft-capping, is elementwise), so the metric is
+    unchanged. A head that is not a plain ``nn.Linear`` (quantised, wrapped) is left whole.
+    """
+    path = graph.unembed or ""
+    head = model.get_submodule(path) if path else None
+    if type(head) is not nn.Linear:
+        yield group
+        return
+    tokens, inverse = torch.unique(torch.cat([group.answer_ids, group.wrong_ids]), return_inverse=True)
+    bias = None if head.bias is None else head.bias.detach()[tokens]
+    readout = _Readout(head.weight.detach()[tokens], bias)
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    setattr(parent, attr, readout)
+    try:
+        yield dataclasses.replace(group, answer_ids=inverse[:group.size], wrong_ids=inverse[group.size:])
+    finally:
+        setattr(parent, attr, head)
 
 
 def row_patch(rows: slice, position: int | None, columns: slice | None, source: Tensor) -> SiteEdit:
