@@ -7,8 +7,9 @@ ridge stitch for every SmolLM2 layer × Gemma layer asked for, then prints held-
 random map's, as the floor) and mean cosine. For the layer pairs judged (``--pairs``), the
 sentiment DiffMean vector of SmolLM2 is moved through the stitch and judged on Gemma against
 Gemma's own DiffMean vector of the same norm (``engine.transfer.judge``): effect as % of native
-per sign, the two random controls — isotropic Gaussian vectors and the random-split DiffMean
-(the same recipe over a seeded shuffled split of the task's own prompts, in distribution) — and
+per sign, the two random controls — isotropic Gaussian vectors and the split DiffMean (the same
+recipe between two seeded halves of the task's own prompts, in distribution; ``--split stratified``,
+the default, gives each half half of each class, ``--split random`` shuffles the pooled prompts) — and
 damage (KL on neutral text) relative to native for each. ``nat×r`` / ``nat×s`` are Gemma's own
 vector against each control: the ceiling any map can reach in ``×rand`` / ``×split``.
 
@@ -16,7 +17,7 @@ Same tokenizer: ridge stitches at a few seams, with the fraction of loss recover
 from A's mapped residual (0 = B's seam mean-ablated, 1 = B clean).
 
     .venv/bin/python bench/bench_transfer.py [--pairs 14:8,15:9,10:6,20:12] [--max-chars 70000]
-        [--task sentiment] [--skip-cross] [--skip-same] [--json results.json]
+        [--task sentiment] [--split stratified|random] [--skip-cross] [--skip-same] [--json results.json]
 
 Issue 15's reference probe (ridge, SmolLM2 layer 15 → Gemma layer 9, ~10k pairs, sentiment): held-out
 R² 0.71 (random map −0.28), 86% of native on average over α = ±1, ±2 (+ ~100%, − ~55%), 4.1× the
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine.loading import open_model  # noqa: E402
-from engine.transfer.judge import judge_transfer  # noqa: E402
+from engine.transfer.judge import SPLITS, judge_transfer  # noqa: E402
 from engine.transfer.pairs import pairing_for, sink_rows, stitch_text  # noqa: E402
 from engine.transfer.prompts import load_task, neutral_text  # noqa: E402
 from engine.transfer.stitch import Moments, Stitch, accumulate, fit_ridge  # noqa: E402
@@ -138,7 +139,7 @@ def cross_family(args) -> dict[str, Any]:
     neutral = neutral_text(args.neutral_chunks, 400)
     judged = []
     log(f"\ntask {task.name}: {len(task.positive)} DiffMean pairs, {len(task.held_out)} held-out prompts, "
-        f"α = ±1, ±2 × ‖v_Gemma‖, {len(neutral)} neutral chunks, 3 random seeds (isotropic and split)")
+        f"α = ±1, ±2 × ‖v_Gemma‖, {len(neutral)} neutral chunks, 3 random seeds (isotropic and {args.split} split)")
     header = (f"{'pair':<11}{'R²':>7}{'cos':>7}{'cos v':>7}{'‖Wv‖/‖v_B‖':>11}{'mean %':>8}{'+ %':>7}{'− %':>7}"
               f"{'native':>8}{'mapped':>8}{'random':>8}{'split':>8}{'×rand':>7}{'×split':>7}{'nat×r':>7}"
               f"{'nat×s':>7}{'dmg':>6}{'rdmg':>6}{'sdmg':>6}  works  in-dist  range")
@@ -147,7 +148,8 @@ def cross_family(args) -> dict[str, Any]:
         started = time.perf_counter()
         stitch = fitted["stitches"][(a, b)]
         try:
-            judgement = judge_transfer(smol, gemma, f"L{a}.out", f"L{b}.out", stitch, task, neutral=neutral)
+            judgement = judge_transfer(smol, gemma, f"L{a}.out", f"L{b}.out", stitch, task, neutral=neutral,
+                                       split=args.split)
         except Exception as exc:  # one failed pair must not cost the rest of a long run
             log(f"L{a}→L{b}: judging failed: {exc!r}")
             continue
@@ -166,11 +168,14 @@ def cross_family(args) -> dict[str, Any]:
             f"{judgement.random_damage_ratio:>6.1f}{judgement.split_damage_ratio:>6.2f}"
             f"  {'yes' if judgement.works else 'no ':<5}  {'yes' if judgement.works_in_distribution else 'no ':<7}"
             f"{span}   ({time.perf_counter() - started:.0f}s)")
-        log("    splits (seed: positives in the first half of " + str(len(judgement.splits[0].first)) + "): "
-            + ", ".join(f"{c.seed}: {c.positives_in_first}" for c in judgement.splits))
+        log(f"    {judgement.split_kind} splits (seed: positives in the first half of "
+            f"{len(judgement.splits[0].first)}, cos with native): "
+            + ", ".join(f"{c.seed}: {c.positives_in_first} {c.cosine_native:+.2f}" for c in judgement.splits))
         for s in judgement.strengths:
             log(f"    α {s.alpha:+.0f}: native {s.native:+.3f} · mapped {s.mapped:+.3f} ({s.fraction:.0%}) · "
-                f"random |{s.random:.3f}| ({s.over_random:.1f}×) · split |{s.split:.3f}| ({s.over_split:.1f}×) · "
+                f"random |{s.random:.3f}| ({s.over_random:.1f}×; signed "
+                f"{' '.join(f'{e:+.2f}' for e in s.random_effects)}) · split |{s.split:.3f}| ({s.over_split:.1f}×; "
+                f"signed {' '.join(f'{e:+.2f}' for e in s.split_effects)}) · "
                 f"KL native {s.kl_native:.4f} mapped {s.kl_mapped:.4f} random {s.kl_random:.4f} split "
                 f"{s.kl_split:.4f} · works {s.works} / in-dist {s.works_in_distribution}")
         judged.append({"layer_a": a, "layer_b": b, **grid[(a, b)], "judgement": row})
@@ -216,6 +221,8 @@ def main() -> None:
     parser.add_argument("--grid-b", type=int, nargs="*", default=[6, 8, 9, 12], help="Gemma layers (R² grid)")
     parser.add_argument("--max-chars", type=int, default=70_000, help="pydoc text (~10k aligned training pairs)")
     parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--split", choices=SPLITS, default=SPLITS[0],
+                        help="how the split control cuts the task's prompts (default: %(default)s)")
     parser.add_argument("--neutral-chunks", type=int, default=2)
     parser.add_argument("--same-chars", type=int, default=20_000)
     parser.add_argument("--loss-chunks", type=int, default=4)

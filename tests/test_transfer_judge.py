@@ -163,15 +163,15 @@ def test_split_control_ratios_and_works_in_distribution_stand_beside_the_isotrop
     assert row["works_in_distribution"] is False and row["works"] is True
 
 
-def test_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_task_prompts(tiny):
+def test_random_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_task_prompts(tiny):
     from engine.analyzers.steering import steering_vector
     from engine.transfer.judge import random_split, split_controls, task_vector
 
     pooled = [*TINY_TASK.positive, *TINY_TASK.negative]
     native = task_vector(tiny, "L0.out", TINY_TASK)
-    controls = split_controls(tiny, "L0.out", TINY_TASK, (0, 1, 4, 5))
-    again = split_controls(tiny, "L0.out", TINY_TASK, (1, 5))
-    assert [c.seed for c in controls] == [0, 1, 4, 5]
+    controls = split_controls(tiny, "L0.out", TINY_TASK, (0, 1, 4, 5), split="random")
+    again = split_controls(tiny, "L0.out", TINY_TASK, (1, 5), split="random")
+    assert [c.seed for c in controls] == [0, 1, 4, 5] and {c.kind for c in controls} == {"random"}
     for control in controls:
         assert len(control.first) == len(control.second) == 2
         assert sorted((*control.first, *control.second)) == sorted(pooled)
@@ -195,6 +195,64 @@ def test_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_task_pr
     assert not torch.allclose(mixed[0].vector, mixed[1].vector, atol=1e-3)
 
 
+def test_stratified_split_gives_each_half_half_of_each_class_and_leaves_an_odd_one_out():
+    from engine.transfer.judge import random_split, stratified_split
+
+    positive, negative = [f"p{i}" for i in range(8)], [f"n{i}" for i in range(8)]
+    cuts = [stratified_split(positive, negative, seed) for seed in range(12)]
+    for first, second, left_out in cuts:
+        assert sum(p in positive for p in first) == sum(p in positive for p in second) == 4
+        assert len(first) == len(second) == 8 and left_out == ()
+        assert sorted((*first, *second)) == sorted(positive + negative)
+    assert stratified_split(positive, negative, 3) == cuts[3]  # seeded
+    assert len({frozenset(first) for first, _, _ in cuts}) == 12  # and the seed matters
+    # the unstratified cut of the same pooled prompts is unequal for most of these seeds
+    unequal = sum(sum(p in positive for p in random_split(positive + negative, seed)[0]) != 4 for seed in range(12))
+    assert unequal >= 4
+    # odd classes: one prompt of each odd class is left out, the rest split evenly
+    for seed in range(6):
+        first, second, left_out = stratified_split(positive[:5], negative[:3], seed)
+        assert len(left_out) == 2 and sum(p in positive for p in left_out) == 1
+        assert [sum(p in positive for p in half) for half in (first, second)] == [2, 2]
+        assert [sum(p in negative for p in half) for half in (first, second)] == [1, 1]
+    assert len({stratified_split(positive[:5], negative[:3], seed)[2] for seed in range(6)}) > 1  # a seeded choice
+    first, second, left_out = stratified_split(positive[:1], negative[:4], 0)
+    assert left_out == ("p0",) and len(first) == len(second) == 2
+
+
+def test_stratified_split_control_carries_none_of_the_label(tiny):
+    # a task whose only signal is the label: the classes differ in the middle of the prompt, and
+    # the last character runs over the same eight letters in both classes
+    from engine.transfer.judge import split_controls, task_vector
+
+    letters = "abcdefgh"
+    task = TransferTask("label", "the label and nothing else", tuple(f"x++++++{c}" for c in letters),
+                        tuple(f"x------{c}" for c in letters), (HeldOutPrompt("x", ("a",), ("b",)),))
+    native = task_vector(tiny, "L1.out", task)
+    seeds = range(12)
+
+    def projections(kind):
+        # the control's component along the label direction, as a fraction of the label's DiffMean
+        controls = split_controls(tiny, "L1.out", task, seeds, split=kind)
+        return controls, [float(c.vector @ native) / float(native.norm()) ** 2 for c in controls]
+
+    stratified, along = projections("stratified")
+    assert all(c.kind == "stratified" and c.positives_in_first == 4 for c in stratified)
+    assert max(abs(p) for p in along) < 0.05  # measured ≤ 0.012
+    # the unstratified cut keeps (positives in the first half − 4) / 4 of the label: ±0.25, ±0.5
+    shuffled, along = projections("random")
+    unequal = [p for c, p in zip(shuffled, along, strict=True) if c.positives_in_first != 4]
+    assert unequal and all(abs(p) > 0.2 for p in unequal)
+    for c, p in zip(shuffled, along, strict=True):
+        assert p == pytest.approx((c.positives_in_first - 4) / 4, abs=0.03)
+    with pytest.raises(TransferError, match="unknown split 'halves'"):
+        split_controls(tiny, "L1.out", task, seeds, split="halves")
+    lone = TransferTask("lone", "one pair", ("x++",), ("x--",), task.held_out)
+    with pytest.raises(TransferError, match="too few prompts for a stratified split control"):
+        split_controls(tiny, "L1.out", lone, seeds)
+    assert len(split_controls(tiny, "L1.out", lone, (0,), split="random")) == 1
+
+
 def test_judge_scores_split_vectors_rescaled_to_the_native_norm(tiny):
     from engine.transfer.judge import split_controls, task_vector
 
@@ -204,8 +262,9 @@ def test_judge_scores_split_vectors_rescaled_to_the_native_norm(tiny):
                             random_seeds=seeds)
     v_b = task_vector(tiny, "L0.out", TINY_TASK)
     controls = split_controls(tiny, "L0.out", TINY_TASK, seeds)
-    assert [c.seed for c in judged.splits] == list(seeds)
+    assert [c.seed for c in judged.splits] == list(seeds) and judged.split_kind == "stratified"
     assert all(torch.equal(a.vector, b.vector) for a, b in zip(judged.splits, controls, strict=True))
+    assert all(c.positives_in_first == 1 for c in judged.splits)  # one of the two positives per half
     for s in judged.strengths:
         scale = s.alpha * float(v_b.norm())
         rescaled = [c.vector / c.vector.norm() * scale for c in controls]
@@ -228,6 +287,13 @@ def test_judge_scores_split_vectors_rescaled_to_the_native_norm(tiny):
     assert judged.strengths[1].kl_split == pytest.approx(sum(kls) / len(kls), rel=1e-3)
     document = judged.to_dict()
     assert [d["seed"] for d in document["splits"]] == [1, 5] and document["splits"][0]["half"] == 2
+    assert document["split_kind"] == "stratified" and document["splits"][0]["kind"] == "stratified"
+    randoms = [torch.randn(64, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    for s in judged.strengths:  # signed per seed, and the judged random control is the mean of their |.|
+        each = [_reference_effect(tiny, r / r.norm() * s.alpha * float(v_b.norm())) for r in randoms]
+        assert s.random_effects == pytest.approx(each, abs=1e-4)
+        assert s.random == pytest.approx(sum(abs(e) for e in each) / len(each), abs=1e-4)
+    assert document["strengths"][0]["random_effects"] == pytest.approx(list(judged.strengths[0].random_effects))
     cosine = float(torch.nn.functional.cosine_similarity(controls[0].vector, v_b, dim=0))
     assert document["splits"][0]["cosine_native"] == pytest.approx(cosine, abs=1e-6)
     assert {"over_split", "native_over_split", "split_damage_ratio", "works_in_distribution"} <= set(document)
@@ -342,6 +408,16 @@ def test_transfer_cli_shows_both_random_controls_in_json_and_table(tiny, garage_
     assert "over_split" in row and isinstance(row["works_in_distribution"], bool)
     assert isinstance(document["works_in_distribution"], bool) and document["split_damage_ratio"] > 0
     assert [d["seed"] for d in document["splits"]] == [0, 1] and document["splits"][0]["half"] == 8
+    assert document["split_kind"] == "stratified"
+    assert [d["positives_in_first"] for d in document["splits"]] == [4, 4]  # 8 pairs: 4 positives per half
+    assert main([*argv, "--json", "--split", "random"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["split_kind"] == "random" and {d["kind"] for d in document["splits"]} == {"random"}
+    assert document["splits"][0]["positives_in_first"] == 2  # seed 0 cuts sentiment's 16 prompts 2 + 6 / 6 + 2
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "× split" in printed and "in distribution:" in printed and "random-split control" in printed
+    assert "× split" in printed and "in distribution:" in printed and "stratified-split control" in printed
+    from engine.transfer.judge import SPLITS
+    from garage_tui.commands.transfer_cmd import SPLITS as CLI_SPLITS
+
+    assert CLI_SPLITS == SPLITS  # repeated in the CLI so --help imports no torch

@@ -11,15 +11,21 @@ between the mapped and native vectors is reported but is a poor proxy, so nothin
 
 Two random controls, both of the same norm, seeded alike. The *isotropic* one (a Gaussian vector)
 is off B's residual distribution: in Gemma-3-270M it costs ~10–26× native's KL on neutral text,
-so its effect on the target words is disruption more than direction. The *random-split* one is
-the standard null for a DiffMean direction: the garage's own DiffMean recipe over a seeded random
-split of the task's own prompts (positives and negatives pooled, shuffled, cut in two halves) —
-the same data distribution with the label taken away — on average only: a random cut of few
-prompts often keeps part of the label (16 prompts cut 8/8 leave the classes unequal 62% of the
-time, and such cuts carry 25–50% of the label's DiffMean), so this control is stronger than its
-name says; a stratified cut (half of each class per half) would remove the label by construction.
+so its effect on the target words is disruption more than direction. The *split* one is the
+standard null for a DiffMean direction: the garage's own DiffMean recipe between two seeded halves
+of the task's own prompts — the same data distribution with the label taken away. By default the
+cut is *stratified* (each half holds half of the positives and half of the negatives), which takes
+the label away by construction: the label's mean cancels within each class. The unstratified
+``split="random"`` cut (positives and negatives pooled, shuffled, cut in two) takes it away only
+on average: 16 prompts cut 8/8 leave the classes unequal 62% of the time, and such cuts carry
+25–50% of the label's DiffMean, so that control is stronger than its name says.
 ``works`` keeps the rule against the isotropic control; ``works_in_distribution`` is the same rule
 against the split one.
+
+The random controls' effect is the mean over seeds of |effect| (a direction of chance sign moves
+the words by chance either way, and both ways count as "a random vector did this"); the signed
+per-seed effects are kept too (``random_effects``, ``split_effects``), so a mean of signed effects,
+which cancels towards 0 and flatters the mapped vector, can be read off but is not what is judged.
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ from engine.transfer.prompts import HeldOutPrompt, TransferTask, neutral_text, t
 from engine.transfer.stitch import Stitch
 
 __all__ = ["ALPHAS", "WORKS_RATIO", "SplitControl", "StrengthJudgement", "TransferJudgement", "TransferReport",
-           "judge_transfer", "judge_vectors", "layer_of", "random_split", "split_controls", "task_vector",
-           "transfer_direction"]
+           "SPLITS", "judge_transfer", "judge_vectors", "layer_of", "random_split", "split_controls",
+           "stratified_split", "task_vector", "transfer_direction"]
 
 ALPHAS = (1.0, -1.0, 2.0, -2.0)  # multiples of ‖v_B‖, both signs
 WORKS_RATIO = 3.0
+SPLITS = ("stratified", "random")  # kinds of the split control's cut; the first is the default
 
 
 @dataclass
@@ -60,11 +67,12 @@ class StrengthJudgement:
     ppl_native: float  # perplexity of the neutral text under the steered model
     ppl_mapped: float
     ppl_random: float
-    # the random-split control (DiffMean of a shuffled split of the task's prompts): mean |change|, KL, perplexity
+    # the split control (DiffMean between two seeded halves of the task's prompts): mean |change|, KL, perplexity
     split: float = math.nan
     kl_split: float = math.nan
     ppl_split: float = math.nan
     split_effects: tuple[float, ...] = ()  # signed, one per split seed: a split that kept part of the label shows
+    random_effects: tuple[float, ...] = ()  # signed, one per isotropic seed (``random`` is the mean of their |.|)
 
     @property
     def fraction(self) -> float:
@@ -78,7 +86,7 @@ class StrengthJudgement:
 
     @property
     def over_split(self) -> float:
-        """|mapped effect| over the random-split control's (NaN where it was not run)."""
+        """|mapped effect| over the split control's (NaN where it was not run)."""
         if math.isnan(self.split):
             return math.nan
         return abs(self.mapped) / self.split if self.split else math.inf
@@ -94,12 +102,13 @@ class StrengthJudgement:
 
     @property
     def works_in_distribution(self) -> bool:
-        """The ``works`` rule with the random-split control in place of the isotropic one."""
+        """The ``works`` rule with the split control in place of the isotropic one."""
         return self.mapped * self.native > 0 and abs(self.mapped) >= WORKS_RATIO * self.split
 
     def to_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "native": self.native, "mapped": self.mapped, "random": self.random,
-                "split": self.split, "split_effects": list(self.split_effects), "fraction": self.fraction,
+                "split": self.split, "split_effects": list(self.split_effects),
+                "random_effects": list(self.random_effects), "fraction": self.fraction,
                 "over_random": self.over_random, "over_split": self.over_split, "works": self.works,
                 "works_in_distribution": self.works_in_distribution,
                 "kl": {"native": self.kl_native, "mapped": self.kl_mapped, "random": self.kl_random,
@@ -121,7 +130,7 @@ def _ratio(top: float, bottom: float) -> float:
 
 @dataclass
 class SplitControl:
-    """One seeded random split of a task's pooled prompts and the DiffMean direction between its halves."""
+    """One seeded split of a task's prompts in two halves and the DiffMean direction between them."""
 
     seed: int
     first: tuple[str, ...]
@@ -129,9 +138,12 @@ class SplitControl:
     positives_in_first: int  # of the task's positive prompts; half of them is a split with no label left
     vector: Tensor = field(repr=False)  # mean(first) − mean(second) at B's address, raw (not rescaled)
     cosine_native: float = math.nan  # cos(vector, B's native vector): how much of the label the split kept
+    kind: str = "stratified"  # one of ``SPLITS``: how the halves were cut
+    left_out: tuple[str, ...] = ()  # a stratified cut of an odd class leaves one of its prompts out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "half": len(self.first), "positives_in_first": self.positives_in_first,
+        return {"seed": self.seed, "kind": self.kind, "half": len(self.first),
+                "positives_in_first": self.positives_in_first, "left_out": len(self.left_out),
                 "norm": float(self.vector.norm()), "cosine_native": self.cosine_native}
 
 
@@ -154,7 +166,8 @@ class TransferJudgement:
     neutral_tokens: int
     mapped_vector: Tensor = field(repr=False)  # map(v_A), raw (as stored in a part)
     native_vector: Tensor = field(repr=False)
-    splits: list[SplitControl] = field(default_factory=list, repr=False)  # the random-split control's vectors
+    splits: list[SplitControl] = field(default_factory=list, repr=False)  # the split control's vectors
+    split_kind: str = "stratified"  # how the split control's halves were cut (``SPLITS``)
 
     def _side(self, positive: bool | None) -> list[StrengthJudgement]:
         return [s for s in self.strengths if positive is None or (s.alpha > 0) == positive]
@@ -171,7 +184,7 @@ class TransferJudgement:
 
     @property
     def over_split(self) -> float:
-        """Mean |mapped effect| over the mean random-split-control effect, across every strength."""
+        """Mean |mapped effect| over the mean split-control effect, across every strength."""
         return _ratio(_mean([abs(s.mapped) for s in self.strengths]), _mean([s.split for s in self.strengths]))
 
     @property
@@ -181,7 +194,7 @@ class TransferJudgement:
 
     @property
     def native_over_split(self) -> float:
-        """Mean |native effect| over the random-split control's: the ceiling of ``over_split``."""
+        """Mean |native effect| over the split control's: the ceiling of ``over_split``."""
         return _ratio(_mean([abs(s.native) for s in self.strengths]), _mean([s.split for s in self.strengths]))
 
     @property
@@ -196,7 +209,7 @@ class TransferJudgement:
 
     @property
     def split_damage_ratio(self) -> float:
-        """Mean random-split-vector KL over mean native KL."""
+        """Mean split-vector KL over mean native KL."""
         return _ratio(_mean([s.kl_split for s in self.strengths]), _mean([s.kl_native for s in self.strengths]))
 
     @property
@@ -206,7 +219,7 @@ class TransferJudgement:
 
     @property
     def works_in_distribution(self) -> bool:
-        """``works`` against the random-split control: ``WORKS_RATIO`` × it on average and at some strength."""
+        """``works`` against the split control: ``WORKS_RATIO`` × it on average and at some strength."""
         return self.over_split >= WORKS_RATIO and any(s.works_in_distribution for s in self.strengths)
 
     def strength_range(self) -> tuple[float, float] | None:
@@ -234,7 +247,7 @@ class TransferJudgement:
             "works": self.works, "works_in_distribution": self.works_in_distribution,
             "strength_range": list(calibrated) if calibrated else None,
             "strengths": [s.to_dict() for s in self.strengths], "random_seeds": self.random_seeds,
-            "splits": [split.to_dict() for split in self.splits],
+            "split_kind": self.split_kind, "splits": [split.to_dict() for split in self.splits],
             "prompts": self.prompts, "neutral_tokens": self.neutral_tokens,
         }
 
@@ -265,6 +278,11 @@ def task_vector(loaded: Any, address: str, task: TransferTask, *, cancel: thread
     return steering_vector(loaded, layer, task.positive, task.negative, cancel=cancel).vector.float().cpu()
 
 
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise TransferError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
+
+
 def random_split(prompts: Sequence[str], seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``prompts`` shuffled by a seeded permutation and cut in two halves (the first one the smaller)."""
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(int(seed))).tolist()
@@ -272,11 +290,33 @@ def random_split(prompts: Sequence[str], seed: int) -> tuple[tuple[str, ...], tu
     return tuple(prompts[i] for i in order[:half]), tuple(prompts[i] for i in order[half:])
 
 
+def stratified_split(positive: Sequence[str], negative: Sequence[str], seed: int
+                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Two halves holding half of ``positive`` and half of ``negative`` each, and the prompts left out.
+
+    Each class is shuffled by its own seeded permutation and cut in two equal parts; a class of odd
+    size leaves its last shuffled prompt out (a seeded choice), since giving it to either half would
+    put the label back in by one prompt's share. Returns ``(first, second, left_out)``.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    first: list[str] = []
+    second: list[str] = []
+    left_out: list[str] = []
+    for prompts in (positive, negative):
+        order = torch.randperm(len(prompts), generator=generator).tolist()
+        half = len(prompts) // 2
+        first += [prompts[i] for i in order[:half]]
+        second += [prompts[i] for i in order[half:2 * half]]
+        left_out += [prompts[i] for i in order[2 * half:]]
+    return tuple(first), tuple(second), tuple(left_out)
+
+
 def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequence[int], *,
-                   cancel: threading.Event | None = None) -> list[SplitControl]:
-    """The random-split control's directions: for each seed, the DiffMean recipe of ``task_vector``
-    (per-prompt mean of ``text_rows``, then mean over prompts, positive half minus negative half)
-    over a seeded random split of the task's pooled positive and negative prompts.
+                   split: str = "stratified", cancel: threading.Event | None = None) -> list[SplitControl]:
+    """The split control's directions: for each seed, the DiffMean recipe of ``task_vector``
+    (per-prompt mean of ``text_rows``, then mean over prompts, first half minus second half) over a
+    seeded split of the task's prompts — ``stratified`` (``stratified_split``: half of each class
+    per half, so the label cancels) or ``random`` (``random_split`` of the pooled prompts).
 
     Each prompt runs once and every split is arithmetic on the per-prompt means, so more seeds
     cost no passes.
@@ -285,10 +325,13 @@ def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequenc
     from engine.runner import encode
     from engine.tensors import text_rows
 
+    _check_split(split)
     layer = layer_of(loaded, address)
     pooled = [*task.positive, *task.negative]
-    if len(pooled) < 2:
-        raise TransferError(f"task '{task.name}' needs at least two prompts for a random-split control")
+    kept = 2 * (len(task.positive) // 2 + len(task.negative) // 2) if split == "stratified" else len(pooled)
+    if kept < 2:
+        raise TransferError(f"task '{task.name}' has too few prompts for a {split} split control "
+                            f"({len(task.positive)} positive, {len(task.negative)} negative)")
     point = f"L{layer}.out"
     means: dict[str, Tensor] = {}
     for prompt in pooled:
@@ -298,12 +341,15 @@ def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequenc
     positives = set(task.positive)
     controls = []
     for seed in seeds:
-        first, second = random_split(pooled, int(seed))
+        if split == "stratified":
+            first, second, left_out = stratified_split(task.positive, task.negative, int(seed))
+        else:
+            (first, second), left_out = random_split(pooled, int(seed)), ()
         vector = (torch.stack([means[p] for p in first]).mean(0) - torch.stack([means[p] for p in second]).mean(0))
         if float(vector.norm()) == 0:
-            raise TransferError(f"the random split with seed {seed} gave a zero direction; the prompts are identical")
+            raise TransferError(f"the {split} split with seed {seed} gave a zero direction; the prompts are identical")
         controls.append(SplitControl(int(seed), first, second, sum(p in positives for p in first),
-                                     vector.float().cpu()))
+                                     vector.float().cpu(), kind=split, left_out=left_out))
     return controls
 
 
@@ -391,9 +437,11 @@ class _Scorer:
 def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor, task: TransferTask, *,
                   alphas: Sequence[float] = ALPHAS, random_seeds: Sequence[int] = (0, 1, 2),
                   neutral: Sequence[str] | None = None, vector_a: Tensor | None = None, address_a: str = "",
-                  cancel: threading.Event | None = None, progress: Progress | None = None) -> TransferJudgement:
+                  split: str = "stratified", cancel: threading.Event | None = None,
+                  progress: Progress | None = None) -> TransferJudgement:
     """Judge ``mapped`` (a direction in B) against B's ``native`` one on ``task``, with the controls: no
-    steer, isotropic random vectors and random-split DiffMean vectors (one of each per seed).
+    steer, isotropic random vectors and split DiffMean vectors (one of each per seed; ``split`` says
+    how the halves are cut, see ``split_controls``).
 
     Every vector is rescaled to ``|α| · ‖native‖`` before it is added, so only directions compete.
     """
@@ -406,11 +454,12 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
         raise TransferError("a judged vector is zero; the prompt pairs gave no difference at this address")
     if not alphas or not random_seeds:
         raise TransferError("the judge needs at least one strength and one random seed")
+    _check_split(split)
     neutral = list(neutral) if neutral is not None else neutral_text()
     scorer = _Scorer(loaded_b, address_b, task.held_out, neutral, cancel)
     randoms = [torch.randn(native.numel(), generator=torch.Generator().manual_seed(int(seed)))
                for seed in random_seeds]
-    splits = split_controls(loaded_b, address_b, task, random_seeds, cancel=cancel)
+    splits = split_controls(loaded_b, address_b, task, random_seeds, split=split, cancel=cancel)
     if splits[0].vector.numel() != native.numel():
         raise TransferError(f"B's native vector has width {native.numel()} but B's residual at {address_b} has "
                             f"{splits[0].vector.numel()}")
@@ -423,35 +472,35 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
         scale = float(alpha) * norm_native
         effects = {name: scorer.effect(unit * scale) for name, unit in units.items()}
         damages = {name: scorer.damage(unit * scale) for name, unit in units.items()}
-        random_runs = [(abs(scorer.effect(r / r.norm() * scale)), scorer.damage(r / r.norm() * scale))
-                       for r in randoms]
+        random_runs = [(scorer.effect(r / r.norm() * scale), scorer.damage(r / r.norm() * scale)) for r in randoms]
         split_runs = [(scorer.effect(c.vector / c.vector.norm() * scale),
                        scorer.damage(c.vector / c.vector.norm() * scale)) for c in splits]
         strengths.append(StrengthJudgement(
-            float(alpha), effects["native"], effects["mapped"], _mean([e for e, _ in random_runs]),
+            float(alpha), effects["native"], effects["mapped"], _mean([abs(e) for e, _ in random_runs]),
             damages["native"][0], damages["mapped"][0], _mean([d[0] for _, d in random_runs]),
             damages["native"][1], damages["mapped"][1], _mean([d[1] for _, d in random_runs]),
             _mean([abs(e) for e, _ in split_runs]), _mean([d[0] for _, d in split_runs]),
-            _mean([d[1] for _, d in split_runs]), tuple(e for e, _ in split_runs)))
+            _mean([d[1] for _, d in split_runs]), tuple(e for e, _ in split_runs), tuple(e for e, _ in random_runs)))
     notify(progress, "judged", 1.0)
     cosine = float(torch.nn.functional.cosine_similarity(mapped, native, dim=0))
     return TransferJudgement(task.name, address_a, address_b, float(vector_a.norm()) if vector_a is not None else
                              math.nan, norm_native, norm_mapped, cosine, scorer.baseline_score,
                              scorer.baseline_perplexity(), strengths, [int(s) for s in random_seeds],
-                             len(task.held_out), scorer.neutral_tokens, mapped, native, splits)
+                             len(task.held_out), scorer.neutral_tokens, mapped, native, splits, split)
 
 
 def judge_transfer(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, stitch: Stitch,
                    task: TransferTask, *, vector_a: Tensor | None = None, vector_b: Tensor | None = None,
                    alphas: Sequence[float] = ALPHAS, random_seeds: Sequence[int] = (0, 1, 2),
-                   neutral: Sequence[str] | None = None, cancel: threading.Event | None = None,
-                   progress: Progress | None = None) -> TransferJudgement:
+                   neutral: Sequence[str] | None = None, split: str = "stratified",
+                   cancel: threading.Event | None = None, progress: Progress | None = None) -> TransferJudgement:
     """Move A's direction at ``address_a`` through ``stitch`` into B and judge it against B's native one.
 
     ``vector_a`` defaults to A's steer for the task (DiffMean over its prompt pairs) — a probe
     direction or an SAE decoder row can be passed instead; ``vector_b`` defaults to B's steer for
     the same task at ``address_b``.
     """
+    _check_split(split)  # before the vectors are built, not after
     address_a, address_b = f"L{layer_of(loaded_a, address_a)}.out", f"L{layer_of(loaded_b, address_b)}.out"
     if stitch.width_a != loaded_a.anatomy.root.info.get("hidden_size", stitch.width_a):
         raise TransferError(f"the stitch starts from width {stitch.width_a}, not {loaded_a.name}'s residual")
@@ -462,7 +511,8 @@ def judge_transfer(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str,
                                                                                   cancel=cancel)
     mapped = stitch.map_direction(v_a).detach()
     return judge_vectors(loaded_b, address_b, mapped, v_b, task, alphas=alphas, random_seeds=random_seeds,
-                         neutral=neutral, vector_a=v_a, address_a=address_a, cancel=cancel, progress=progress)
+                         neutral=neutral, vector_a=v_a, address_a=address_a, split=split, cancel=cancel,
+                         progress=progress)
 
 
 @dataclass
@@ -483,12 +533,14 @@ def transfer_direction(loaded_a: Any, loaded_b: Any, address_a: str, address_b: 
                        stitch_part: str | None = None, bin_: Any | None = None, max_chars: int = 60000,
                        ridge: float = 1e-6, vector_a: Tensor | None = None, alphas: Sequence[float] = ALPHAS,
                        random_seeds: Sequence[int] = (0, 1, 2), neutral: Sequence[str] | None = None,
-                       cancel: threading.Event | None = None, progress: Progress | None = None) -> TransferReport:
+                       split: str = "stratified", cancel: threading.Event | None = None,
+                       progress: Progress | None = None) -> TransferReport:
     """Load ``stitch_part`` from the bin (or fit a ridge stitch on the sample + pydoc text), then judge."""
     from engine.transfer.fitting import fit_stitch
     from engine.transfer.pairs import stitch_text
     from engine.transfer.parts import load_stitch, report_document
 
+    _check_split(split)  # before a stitch is fitted, not after
     if stitch_part:
         if bin_ is None:
             from engine.parts import PartsBin
@@ -503,6 +555,6 @@ def transfer_direction(loaded_a: Any, loaded_b: Any, address_a: str, address_b: 
         stitch, alignment, digest = report.stitch, report.alignment, report.text_digest
         stitch_doc = {"part": None, **report_document(report)}
     judgement = judge_transfer(loaded_a, loaded_b, address_a, address_b, stitch, task, vector_a=vector_a,
-                               alphas=alphas, random_seeds=random_seeds, neutral=neutral, cancel=cancel,
-                               progress=progress)
+                               alphas=alphas, random_seeds=random_seeds, neutral=neutral, split=split,
+                               cancel=cancel, progress=progress)
     return TransferReport(judgement, alignment, digest, stitch_doc)

@@ -1,6 +1,7 @@
 """``garage transfer A B --at-a L15.out --at-b L9.out --task sentiment``: move a direction from model A
 into model B through a stitch and judge it against B's own, with the no-steer control and two random
-ones: isotropic vectors and the random-split DiffMean (in distribution), both of the same norm."""
+ones: isotropic vectors and the split DiffMean (in distribution: the task's prompts cut in two seeded
+halves, stratified by default), both of the same norm."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import argparse
 
 from garage_tui.commands.common import console, print_json, progress_bar
 
-# engine.transfer.prompts.TASKS, repeated so --help does not import torch
+# engine.transfer.prompts.TASKS and engine.transfer.judge.SPLITS, repeated so --help does not import torch
 TASKS = ("sentiment", "formality", "language", "antonyms", "capitals")
+SPLITS = ("stratified", "random")
 
 
 def register(subparsers) -> None:
@@ -30,7 +32,11 @@ def register(subparsers) -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, -1.0, 2.0, -2.0], metavar="A",
                         help="strengths as multiples of ‖v_B‖, both signs (default: ±1 ±2)")
     parser.add_argument("--random", type=int, default=3, metavar="N",
-                        help="seeds of the random controls (one isotropic vector and one random split each)")
+                        help="seeds of the random controls (one isotropic vector and one split each)")
+    parser.add_argument("--split", choices=SPLITS, default=SPLITS[0],
+                        help="how the split control cuts the task's prompts in halves: stratified (half of each "
+                             "class per half, no label left) or random (pooled and shuffled; can keep part of the "
+                             "label) (default: %(default)s)")
     parser.add_argument("--neutral-chunks", type=int, default=4, help="neutral text chunks for the damage check")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -72,7 +78,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         report = transfer_direction(loaded_a, loaded_b, args.address_a, args.address_b, task, stitch_part=args.stitch,
                                     bin_=bin_, max_chars=args.max_chars, ridge=args.ridge, vector_a=vector_a,
                                     alphas=args.alphas, random_seeds=tuple(range(random_count)),
-                                    neutral=neutral_text(chunks), progress=progress)
+                                    neutral=neutral_text(chunks), split=args.split, progress=progress)
     judgement = report.judgement
     saved = None
     if not args.no_save:
@@ -110,7 +116,7 @@ def _print(judgement, stitch_doc: dict, name_a: str, name_b: str, saved: str | N
               f"− {judgement.mean_fraction(False):.0%}) · {judgement.over_random:.1f}× the random control · damage "
               f"{judgement.damage_ratio:.2f}× native (random {judgement.random_damage_ratio:.1f}×) · "
               f"{'works' if judgement.works else 'does not work'} (needs ≥ 3× random)", highlight=False)
-    out.print(f"in distribution: {judgement.over_split:.1f}× the random-split control (B's own vector "
+    out.print(f"in distribution: {judgement.over_split:.1f}× the {judgement.split_kind}-split control (B's own vector "
               f"{judgement.native_over_split:.1f}×; against isotropic {judgement.native_over_random:.1f}×) · "
               f"its damage {judgement.split_damage_ratio:.2f}× native · "
               f"{'works' if judgement.works_in_distribution else 'does not work'} in distribution (needs ≥ 3× split)",
