@@ -38,8 +38,9 @@ over the final edges, whatever order the pieces came in.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,16 @@ class Workspace:
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+        # small tensors that depend on a site's shape only (slot bases, the spread pattern): made
+        # once per sweep, not once per hook call
+        self.constants: dict[tuple, Tensor] = {}
+
+    def constant(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
+        """The tensor ``make()`` gave for ``key`` the first time it was asked for."""
+        value = self.constants.get(key)
+        if value is None:
+            value = self.constants[key] = make()
+        return value
 
     def take(self, role: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype,
              device: torch.device) -> Tensor:
@@ -215,8 +226,10 @@ def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = N
 class _Histogram:
     """One call's bin counts per group over the finite range ``[low, high]``, filled a chunk at a time."""
 
-    def __init__(self, low: Tensor, high: Tensor, bins: int, device: torch.device, may_be_empty: bool = True) -> None:
-        """``may_be_empty``: ``low > high`` can mark a group with no finite value (from ``_finite_extremes``)."""
+    def __init__(self, low: Tensor, high: Tensor, bins: int, device: torch.device, may_be_empty: bool = True,
+                 workspace: Workspace | None = None) -> None:
+        """``may_be_empty``: ``low > high`` can mark a group with no finite value (from ``_finite_extremes``);
+        ``workspace`` keeps the shape-only constants across calls."""
         groups = low.shape[0]
         if may_be_empty:
             empty = low > high
@@ -225,7 +238,10 @@ class _Histogram:
         # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
         # finite value lands inside its group's bins by construction, and what has no bin goes
         # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
-        base = torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1
+        workspace = workspace if workspace is not None else Workspace()
+        self.workspace = workspace
+        base = workspace.constant(("base", groups, bins, device),
+                                  lambda: torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1)
         self.scale = 1.0 / self.width
         self.offset = self.first - base
         self.bins, self.groups = bins, groups
@@ -246,7 +262,10 @@ class _Histogram:
         self.up, self.down = factors[0], factors[1]
         # neighbouring values count into two copies of the slots (a run of equal bins then does
         # not wait on one counter): odd positions of a row shift into the second copy
-        odd = torch.arange(width, dtype=F32, device=low.device).remainder_(2).mul_(self.slots.numel())
+        slots = self.slots.numel()
+        odd = self.workspace.constant(
+            ("odd", width, slots, low.device),
+            lambda: torch.arange(width, dtype=F32, device=low.device).remainder_(2).mul_(slots))
         self.spread_offset = self.offset.to(F32).view(1, self.groups, 1) - odd
         return (bound < F32_EXACT).all()
 
@@ -286,6 +305,7 @@ class _Histogram:
         return self.slots.view(self.groups, self.bins + 2)[:, 1:self.bins + 1]
 
 
+@functools.lru_cache(maxsize=16)
 def _largest_float32_at_most(value: float) -> float:
     """The largest float32 number ≤ ``value``: ``|x| ≤ it`` in float32 is ``|x| ≤ value`` exactly."""
     near = torch.tensor(value, dtype=F32)
@@ -326,11 +346,32 @@ class GroupStats:
         raw = grouped.detach()
         if raw.numel() == 0:
             return
+        if raw.device.type != "cpu" or torch.get_num_threads() == 1:
+            self._update(raw)
+            return
+        # One CPU thread: the work is a hundred-odd memory-bound ops over L2-sized chunks, where
+        # each parallel region's fork and join costs more than the second thread saves, and on a
+        # busy machine every region waits for a descheduled thread (measured: 2 threads made a
+        # stats-all pass 5-15× slower in wall time than 1 on 2 busy cores). The sums' order then
+        # no longer depends on the thread count either.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._update(raw)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _update(self, raw: Tensor) -> None:
         rows, groups, width = raw.shape
         self.width = width
         dims = (0, 2)
         workspace, device = self.workspace, raw.device
-        low, high = raw.amin(dims), raw.amax(dims)  # exact in any dtype; NaN if a NaN is there
+        if groups > 1:
+            # rows first, then width: the row reduction runs over contiguous memory (several times
+            # faster than one strided (0, 2) reduction); a min is a min in any order
+            low, high = raw.amin(0).amin(-1), raw.amax(0).amax(-1)  # exact in any dtype; NaN if a NaN is there
+        else:
+            low, high = raw.amin(dims), raw.amax(dims)
         finite_low, finite_high = low.to(F64), high.to(F64)
         # two copies of the slots below 2^22: offsets and slots then stay exact float32 integers
         short = raw.dtype in SHORT_FLOATS and max(width, 4 * groups * (self.bins + 2)) < F32_EXACT
@@ -341,17 +382,19 @@ class GroupStats:
             # which needs finite extremes; other dtypes: every value is finite. Finite extremes
             # place the histogram, and no value needs a dropped slot.
             if short:
-                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)
+                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False,
+                                  workspace=workspace)
                 fast = bool(hist.float32_exact(finite_low, finite_high, width))
                 # a constant group (a zero-ablated head) pins its width too fine for float32 indices;
                 # finite extremes still let the float64 pass skip the finite-extremes scan
                 clean = not fast and bool(torch.isfinite(finite_low + finite_high).all())
             else:
                 clean = bool(torch.isfinite(finite_low + finite_high).all())
-                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False)
+                hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False,
+                                  workspace=workspace)
         if hist is None or not (fast or clean):
             finite_low, finite_high = _finite_extremes(raw, workspace)
-            hist = _Histogram(finite_low, finite_high, self.bins, device)
+            hist = _Histogram(finite_low, finite_high, self.bins, device, workspace=workspace)
         # any shift near the mean keeps the moment sums small, and the shift is corrected exactly:
         # the mean of up to 64 evenly spaced rows will do (an overflowing float32 mean falls back
         # to 0: still exact, only less well conditioned)
@@ -433,7 +476,8 @@ class GroupStats:
                 part = self.workspace.take("float32", part.shape, F32, part.device).copy_(part)  # exact
             scratch = hist.add_float32(part, self.workspace)
             # 1.0 where |x| ≤ near_zero; a float32 sum of ones is exact below 2^24 (a chunk holds fewer)
-            sums.near += torch.abs(part, out=scratch).le_(self.near_zero32).sum((0, 2))
+            # (rows first, then width, as for the extremes: whole-number sums, so the order changes nothing)
+            sums.near += torch.abs(part, out=scratch).le_(self.near_zero32).sum(0).sum(-1)
 
     def _merged(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
         low = torch.minimum(a["finite_low"], b["finite_low"])

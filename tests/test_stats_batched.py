@@ -278,3 +278,38 @@ def test_the_float32_bin_index_equals_the_float64_one(scale, monkeypatch):
         assert a.hist_counts == b.hist_counts == _reference_counts(a.hist_edges, values[:, g])
         assert a.sparsity == b.sparsity
         assert math.isclose(a.kurtosis, b.kurtosis, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_an_update_runs_on_one_cpu_thread_and_gives_the_same_bits_at_any_thread_count(monkeypatch):
+    # stats ops are small memory-bound passes: a second thread's fork/join costs more than it saves
+    values = torch.randn(3000, 4, 64) * torch.tensor([0.1, 1.0, 7.0, 40.0]).view(1, 4, 1)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    inner = GroupStats._update
+
+    def recording(self, raw):
+        seen.append(torch.get_num_threads())
+        inner(self, raw)
+
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with monkeypatch.context() as patched:
+                patched.setattr(GroupStats, "_update", recording)
+                group = GroupStats(4, 32)
+                group.update(values)
+            assert torch.get_num_threads() == threads  # restored after the update
+            results.append(_as_dicts(group))
+        assert seen == [1, 1]
+        assert results[0] == results[1]
+
+        def failing(self, raw):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(GroupStats, "_update", failing)
+        with pytest.raises(RuntimeError):
+            GroupStats(4, 32).update(values)
+        assert torch.get_num_threads() == 2  # restored when the update raises too
+    finally:
+        torch.set_num_threads(before)
