@@ -13,25 +13,15 @@ import shutil
 import pytest
 import torch
 
-from tests.test_transfer_blade_recipe import PROMPTS, tiny_folder, train_part, write_recipe
+from tests.test_transfer_blade_recipe import PROMPTS, blade_built, tiny_folder, write_recipe
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """(root, A folder, B folder, part name, built folder) with the bin under root/home."""
     root = tmp_path_factory.mktemp("blade-gaps")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("GARAGE_HOME", str(root / "home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder_a, folder_b = tiny_folder(root / "tiny-a", 0), tiny_folder(root / "tiny-b", 1)
-    part = train_part(folder_a, folder_b, "a-into-b")
-    from engine.build import build
-
-    built = build(str(write_recipe(root / "with-blade.yaml", folder_b, part)), root / "built").out_dir
-    yield root, folder_a, folder_b, part, built
-    torch.set_num_threads(threads)
-    patch.undo()
+    with blade_built(root) as (folder_a, folder_b, part, built):
+        yield root, folder_a, folder_b, part, built.out_dir
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ a missing part, a part that is not a blade, and a folder whose A cannot be found
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -84,23 +85,31 @@ layers:
     return path
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """(root, A folder, B folder, part name, built folder): the bin lives under root/home for the module."""
-    root = tmp_path_factory.mktemp("blade-recipe")
+@contextlib.contextmanager
+def blade_built(root: Path):
+    """(A folder, B folder, part name, build report) of a blade baked into B; the bin lives under root/home."""
     patch = pytest.MonkeyPatch()
     patch.setenv("GARAGE_HOME", str(root / "home"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster on a shared machine
-    folder_a, folder_b = tiny_folder(root / "tiny-a", 0), tiny_folder(root / "tiny-b", 1)
-    part = train_part(folder_a, folder_b, "a-into-b")
-    from engine.build import build
+    try:
+        folder_a, folder_b = tiny_folder(root / "tiny-a", 0), tiny_folder(root / "tiny-b", 1)
+        part = train_part(folder_a, folder_b, "a-into-b")
+        from engine.build import build
 
-    recipe = write_recipe(root / "with-blade.yaml", folder_b, part)
-    built = build(str(recipe), root / "built")
-    yield root, folder_a, folder_b, part, built
-    torch.set_num_threads(threads)
-    patch.undo()
+        yield folder_a, folder_b, part, build(str(write_recipe(root / "with-blade.yaml", folder_b, part)),
+                                              root / "built")
+    finally:
+        torch.set_num_threads(threads)
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """(root, A folder, B folder, part name, build report)."""
+    root = tmp_path_factory.mktemp("blade-recipe")
+    with blade_built(root) as (folder_a, folder_b, part, built):
+        yield root, folder_a, folder_b, part, built
 
 
 def _runtime_logits(folder_a: Path, b, part: str, prompt: str) -> torch.Tensor:
