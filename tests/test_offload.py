@@ -138,5 +138,10 @@ def test_attribution_gives_the_unsplit_scores(split, smollm2):
     from engine.attribution.attributor import attribute
     from engine.attribution.tasks import PromptPair
 
+    # A plain pass first, as in the bay: it leaves the offloaded placeholders as inference tensors,
+    # whose grad flags attribution must still put back.
+    forward(split, encode(split, PROMPT))
+    flags = [p.requires_grad for p in split.model.parameters()]
     pairs = [PromptPair("The capital of France is", "The capital of Spain is", " Paris", " Madrid")]
     _close_tree(attribute(split, pairs, top=0), attribute(smollm2, pairs, top=0))
+    assert [p.requires_grad for p in split.model.parameters()] == flags

@@ -79,7 +79,7 @@ def instrumented(
     edits = edits or {}
     sink = record if record is not None else PassRecord()  # gradients land here even when nobody keeps values
     handles: list = []
-    frozen = [p for p in model.parameters() if p.requires_grad] if grads else []
+    frozen = [name for name, p in model.named_parameters() if p.requires_grad] if grads else []
 
     def keep(key: Key, value: Tensor) -> Tensor:
         for edit in edits.get(key, ()):
@@ -121,8 +121,8 @@ def instrumented(
             raise Cancelled("attribution was cancelled; no partial report was kept")
 
     try:
-        for param in frozen:
-            param.requires_grad_(False)
+        for name in frozen:
+            model.get_parameter(name).requires_grad_(False)
         for key, (path, phase) in site_paths(graph, edges=edges).items():
             module = model.get_submodule(path)
             if phase == "pre":
@@ -136,8 +136,12 @@ def instrumented(
     finally:
         for handle in handles:
             handle.remove()
-        for param in frozen:
-            param.requires_grad_(True)
+        # Looked up again by name: an offloaded model swaps its parameter objects at every call, and
+        # the ones an inference-mode pass made are inference tensors, settable only inside that mode.
+        for name in frozen:
+            param = model.get_parameter(name)
+            with torch.inference_mode(param.is_inference()):
+                param.requires_grad_(True)
 
 
 class _Readout(nn.Module):
