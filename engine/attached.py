@@ -18,8 +18,9 @@ Torch-free: the loader only checks for the manifest, and plugins register handle
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +28,31 @@ from typing import Any
 from engine.errors import GarageError
 from engine.registry import Registry
 
-__all__ = ["ATTACHED_FORMAT", "ATTACHED_MANIFEST", "ATTACHMENT_KINDS", "AttachmentKind", "OpenOptions", "attach_folder",
-           "carried_names", "read_manifest", "register_attachment_kind", "weight_files"]
+__all__ = ["ATTACHED_FORMAT", "ATTACHED_MANIFEST", "ATTACHMENT_KINDS", "CARRIED_FILE", "AttachmentKind", "OpenOptions",
+           "attach_folder", "carried_names", "read_manifest", "register_attachment_kind", "weight_files"]
 
 ATTACHED_MANIFEST = "garage_attached.json"
 ATTACHED_FORMAT = "garage-attached/1"
 MAX_MANIFEST_BYTES = 1024**2
 MAX_ATTACHMENTS = 64
+# the names a build gives the part files it puts beside the weights (engine.build.out_folder keeps the same):
+# all that tells them from weights when the manifest that lists them is damaged
+CARRIED_FILE = re.compile(r"^blade-\d{2}\.safetensors$")
 
 
 @dataclass(frozen=True)
 class OpenOptions:
-    """How the folder was opened, so a part that needs another model opens it alike."""
+    """How the folder was opened, so a part that needs another model opens it alike.
+
+    ``max_memory`` and ``offload_folder`` are the user's budget for the folder (``device="auto"``): a
+    second model a part opens spends from the same budget, so it opens within what the folder's own
+    weights left of it, and offloads into a folder of its own under ``offload_folder``.
+    """
 
     device: str = "cpu"
     dtype: str = "float32"
+    max_memory: Mapping[int | str, int | str] | None = None
+    offload_folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,17 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """``folder``'s ``*.safetensors`` files less the parts its manifest lists: a carried blade is not a weight."""
-    carried = {str(entry.get("file")) for entry in read_manifest(folder)}
+def weight_files(folder: Path, *, lenient: bool = False) -> list[Path]:
+    """``folder``'s ``*.safetensors`` files less the parts its manifest lists: a carried blade is not a weight.
+
+    A damaged manifest is refused, unless ``lenient`` (a caller that reads the weights alone, such as a
+    recipe source): then the files named as a build names carried parts are left out instead."""
+    try:
+        carried = {str(entry.get("file")) for entry in read_manifest(folder)}
+    except GarageError:
+        if not lenient:
+            raise
+        return [path for path in sorted(folder.glob("*.safetensors")) if not CARRIED_FILE.fullmatch(path.name)]
     return [path for path in sorted(folder.glob("*.safetensors")) if path.name not in carried]
 
 

@@ -325,7 +325,7 @@ def plan_structure(
         capture_peak_bytes=max(load_peak, _pass_peak(base, tokenizer_transient, forward_sizes + captured)),
         gguf=gguf, notes=notes,
     )
-    _add_attached(plan, loaded, device=device, dtype=dtype, seq=seq, batch=batch)
+    _add_attached(plan, loaded, device=device, dtype=dtype, seq=seq, batch=batch, max_memory=max_memory)
     return plan
 
 
@@ -342,7 +342,8 @@ def _resident(plan: FitPlan) -> int:
 _planning = threading.local()
 
 
-def _add_attached(plan: FitPlan, loaded: Any, *, device: str, dtype: str, seq: int, batch: int) -> None:
+def _add_attached(plan: FitPlan, loaded: Any, *, device: str, dtype: str, seq: int, batch: int,
+                  max_memory: dict[int | str, int] | None = None) -> None:
     """Fold the models that carried parts open alongside into ``plan``'s peaks."""
     folder = _carrying_folder(loaded)
     key = str(folder.resolve()) if folder is not None else str(loaded.source)
@@ -353,17 +354,28 @@ def _add_attached(plan: FitPlan, loaded: Any, *, device: str, dtype: str, seq: i
     planning.add(key)
     try:
         _add_found(plan, _attached_models(loaded, dtype, plan.notes), device=device, dtype=dtype, seq=seq,
-                   batch=batch)
+                   batch=batch, max_memory=max_memory)
     finally:
         planning.discard(key)
 
 
+def _left_over(budget: dict[int | str, int] | None, devices: list[DeviceShare]) -> dict[int | str, int] | None:
+    """What ``budget`` leaves on each device after the weights already placed there: model A opens
+    in that (``engine.transfer.blade_folder``), so B and A together stay within the user's budget."""
+    if budget is None:
+        return None
+    held = {share.device: share.weight_bytes for share in devices}
+    return {key: max(0, size - held.get(str(key), 0)) for key, size in budget.items()}
+
+
 def _add_found(plan: FitPlan, found: list[tuple[str, Any, str]], *, device: str, dtype: str, seq: int,
-               batch: int) -> None:
+               batch: int, max_memory: dict[int | str, int] | None = None) -> None:
     kept = _resident(plan)
     for part, other, address in found:
+        budget = _left_over(max_memory, plan.devices) if device == "auto" else None
         try:
-            sub = plan_for_loaded(other, device=device, dtype=dtype, seq=seq, batch=batch, captures=[address])
+            sub = plan_for_loaded(other, device=device, dtype=dtype, seq=seq, batch=batch, captures=[address],
+                                  max_memory=budget)
         except GarageError as exc:
             plan.notes.append(f"carries {part}, whose model A '{shown(other.name)}' cannot be planned ({exc}); A is "
                               "not counted")
@@ -382,9 +394,8 @@ def _add_found(plan: FitPlan, found: list[tuple[str, Any, str]], *, device: str,
         plan.notes.append(f"carries {part}: model A '{shown(other.name)}' ({_gib(sub.weight_bytes)} of weights) "
                           "opens alongside on the same device and runs inside every pass; the peaks and the "
                           "per-device shares include it")
-        if device == "auto":
-            plan.notes.append(f"model A '{shown(other.name)}' opens with --device auto but without --max-memory "
-                              "(the loader does not pass it on)")
+        if budget is not None:
+            plan.notes.append(f"model A '{shown(other.name)}' opens within what B leaves of --max-memory")
 
 
 def _own_shares(sub: FitPlan) -> list[DeviceShare]:

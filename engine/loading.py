@@ -257,7 +257,9 @@ def open_model(
     if weights_source.folder is not None and weights_source.hub_id is None:
         from engine.attached import OpenOptions, attach_folder
 
-        attach_folder(loaded, weights_source.folder, OpenOptions(device, dtype), attach=attach)
+        options = OpenOptions(device, dtype, max_memory=max_memory,
+                              offload_folder=str(offload_folder) if offload_folder else None)
+        attach_folder(loaded, weights_source.folder, options, attach=attach)
     return loaded
 
 

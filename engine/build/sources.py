@@ -236,7 +236,10 @@ def resolve_source(alias: str, spec: str, light: bool = False) -> Source:
     config_path = folder / "config.json"
     try:
         config_doc = check_config_file(config_path)  # limits first: transformers never sees an absurd config
-        check_weights_present(folder)
+        # a source gives its weights alone, so a damaged parts manifest does not stop it (the check notes it)
+        unlisted = weight_files(folder, lenient=True)
+        if not unlisted:
+            check_weights_present(folder)  # names a pickle-only folder
         check_tokenizer_file(folder)
         listed = index_files(folder)
     except ModelLoadError as exc:
@@ -246,7 +249,7 @@ def resolve_source(alias: str, spec: str, light: bool = False) -> Source:
 
     refuse_quantised(config, "build from", name=f"{alias} ({folder})")
     tensors: dict[str, TensorEntry] = {}
-    files = listed if listed is not None else weight_files(folder)
+    files = listed if listed is not None else unlisted
     if not files:
         raise SourceError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
     for file in files:

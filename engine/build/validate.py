@@ -121,6 +121,7 @@ class Validator:
                 for path, _ in places:
                     self.fail(path, f"'{alias}' is not a source of this recipe; add it under sources: "
                                     f"or use one of {', '.join(recipe.sources) or '(none)'}")
+        self.note_carried(uses)
         for key in ("embed", "final_norm", "lm_head"):
             if getattr(recipe, key) is None:
                 self.fail(key, f"the recipe must name the source of '{key}' explicitly, e.g. `{key}: "
@@ -149,6 +150,35 @@ class Validator:
                 self.report.plan = plan
                 self.note_plan(plan)
         return self.report
+
+    def note_carried(self, uses: dict[str, list[tuple[str, str]]]) -> None:
+        """A source folder that carries parts (a blade beside its weights) gives the build its weights alone:
+        say so, naming the op that would carry each part on. Read from the manifest; model A is never opened."""
+        from engine.attached import ATTACHED_MANIFEST, read_manifest
+        from engine.safe_text import shown
+
+        carried_on = [str(step.params.get("part")) for step in self.recipe.finish if step.op == "blade"]
+        for alias, source in self.report.sources.items():
+            if alias not in uses:
+                continue
+            try:
+                entries = read_manifest(source.folder)
+            except GarageError:
+                self.warn(f"sources.{alias}", f"source '{alias}' has a damaged {ATTACHED_MANIFEST}, so the parts it "
+                                              "carries are unknown; the hybrid takes its weights only (blade-NN "
+                                              "files left out)")
+                continue
+            for entry in entries:
+                part = str(entry.get("part") or entry.get("file") or "?")
+                sha256 = str(entry.get("sha256") or "")
+                if any(ref == part or (len(ref) >= 8 and sha256.startswith(ref)) for ref in carried_on):
+                    continue  # the recipe carries this one on itself
+                made_for = entry.get("model_a")
+                reads = f" (reads model A '{shown(made_for.get('name'))}')" if isinstance(made_for, dict) else ""
+                kind = shown(entry.get("kind"))
+                self.warn(f"sources.{alias}", f"source '{alias}' carries {kind} '{shown(part)}'{reads}; the hybrid "
+                                              f"takes its weights only; add `- op: {kind}, part: {shown(part)}` under "
+                                              f"finish: to carry the {kind}")
 
     def check_family(self, base: Source, uses: dict[str, list[tuple[str, str]]]) -> None:
         """Every used source shares the base's architecture and sizes (shapes at each seam)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.attached import ATTACHED_FORMAT, ATTACHED_MANIFEST, OpenOptions, read_manifest
+from engine.attached import ATTACHED_FORMAT, ATTACHED_MANIFEST, CARRIED_FILE, OpenOptions, read_manifest
 from engine.errors import GarageError, InterventionError
 from engine.interventions import EditPlan, Intervention, RunMask
 from engine.safe_text import shown
@@ -36,7 +35,7 @@ from engine.transfer.pairs import ALIGN_SAME_TOKENS, TransferError
 __all__ = ["BLADE_FILE", "StandingBlade", "attach_from_bin", "attach_from_folder", "blade_record",
            "config_hash_of", "write_blade", "write_record"]
 
-BLADE_FILE = re.compile(r"^blade-\d{2}\.safetensors$")  # engine.build.out_folder keeps the same names
+BLADE_FILE = CARRIED_FILE  # the only kind of carried part so far
 
 
 @dataclass
@@ -285,9 +284,11 @@ def _open_a(made_for: Mapping[str, Any], part: str, where: str, options: OpenOpt
 
     tried: list[str] = []
     first_error = ""
+    budget = dict(options.max_memory) if options.max_memory is not None else None
     for spec in dict.fromkeys(str(made_for.get(key)) for key in ("source", "name") if made_for.get(key)):
         try:
-            return open_model(spec, device=options.device, dtype=options.dtype)
+            return open_model(spec, device=options.device, dtype=options.dtype, max_memory=budget,
+                              offload_folder=options.offload_folder)
         except GarageError as exc:
             tried.append(spec)
             first_error = first_error or str(exc)
@@ -295,6 +296,55 @@ def _open_a(made_for: Mapping[str, Any], part: str, where: str, options: OpenOpt
                         f"'{shown(made_for.get('name'))}' from {shown(' or '.join(tried)) or 'nowhere recorded'}, "
                         f"and it cannot be opened ({first_error}); put A "
                         f"back there, or delete {ATTACHED_MANIFEST} to open the weights without the blade")
+
+
+def _device_key(device: Any) -> int | str:
+    """A placement's device as ``max_memory`` names it: a GPU index, or ``cpu`` / ``disk`` / ``mps``."""
+    text = str(device)
+    if text.startswith("cuda:"):
+        text = text.split(":", 1)[1]
+    return int(text) if text.isdigit() else text
+
+
+def _placed_bytes(models: list[Any]) -> dict[int | str, int]:
+    """Bytes of weights each device holds for ``models`` (their accelerate placement; a tensor tied
+    between modules counted once), keyed as ``max_memory`` keys them."""
+    used: dict[int | str, int] = {}
+    seen: set[int] = set()
+    for model in models:
+        # transformers records no map when everything landed on one device: the tensors say where
+        placement = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device}
+        for name, device in placement.items():
+            module = model.get_submodule(name) if name else model
+            for tensor in (*module.parameters(), *module.buffers()):
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    key = _device_key(device)
+                    used[key] = used.get(key, 0) + tensor.numel() * tensor.element_size()
+    return used
+
+
+def _options_for_a(loaded: Any, options: OpenOptions, file: str) -> OpenOptions:
+    """``options`` for the A of the part in ``file``: the budget less what B (and the A's already attached)
+    hold on each device, so both models together stay within it, and an offload folder of A's own (accelerate
+    writes its files by tensor name, and A's names are B's when the architectures match)."""
+    if options.device != "auto":
+        return options
+    budget = None
+    if options.max_memory is not None:
+        from accelerate.utils import convert_file_size_to_int
+
+        held = [loaded.model, *(item.loaded_a.model for item in loaded.standing
+                                if getattr(item, "loaded_a", None) is not None)]
+        used = _placed_bytes(held)
+        budget = {}
+        for key, size in options.max_memory.items():
+            total = convert_file_size_to_int(size) if isinstance(size, str) else int(size)
+            budget[key] = max(0, total - used.get(_device_key(key), 0))
+    offload = None
+    if options.offload_folder is not None:
+        offload = str(Path(options.offload_folder) / f"model-a-for-{Path(file).stem}")
+    return replace(options, max_memory=budget, offload_folder=offload)
 
 
 def _check_model(part: str, role: str, made_for: Mapping[str, Any], loaded: Any) -> None:
@@ -334,7 +384,7 @@ def attach_from_folder(loaded: Any, folder: Path, entry: dict[str, Any], options
     _check_model(part, "B", entry["model_b"], loaded)
     tensors, _ = read_part_file(payload)
     blade = Blade.from_tensors(entry["blade"], tensors)
-    loaded_a = _open_a(entry["model_a"], part, folder.name, options)
+    loaded_a = _open_a(entry["model_a"], part, folder.name, _options_for_a(loaded, options, name))
     _check_model(part, "A", entry["model_a"], loaded_a)
     loaded.standing.append(_standing(loaded, loaded_a, blade, entry, folder.name))
 
