@@ -6,7 +6,8 @@ stitch kind, ``f`` fits the stitch (R², cosine, loss recovered), ``w`` sweeps e
 of both into a plotext heat map of R², ``t`` moves the bay's steer through the stitch and shows
 B's next-token guesses before/after (mapped and B's own vector from the same prompts) next to
 A's, ``J`` judges the moved direction on a bundled prompt set against B's native vector and
-the random control (``engine.transfer.judge``), ``l`` trains a blade and draws its loss as it
+both random controls, the isotropic one and the split one (``TASK [stratified|random]`` picks how
+the split cuts the prompts; ``engine.transfer.judge``), ``l`` trains a blade and draws its loss as it
 falls (``engine.transfer.blade_train``). One job at a time; Esc stops it; ``q`` goes back.
 Every number comes from the engine, imported only inside the worker; B and the last stitch stay
 on the workbench (``workbench.transfer``) while the app runs.
@@ -33,6 +34,7 @@ from garage_tui.screens.job_screen import JobScreen
 from garage_tui.widgets.lists import KeyTable
 
 KINDS = ("ridge", "lowrank", "ae")  # engine.transfer.stitch.KINDS, repeated so the screen does not import torch
+SPLITS = ("stratified", "random")  # engine.transfer.judge.SPLITS (first = default), repeated for the same reason
 TEXT_CHARS = 30_000  # of the bundled sample + pydoc text: a stitch in seconds on a CPU, R² already stable
 SWEEP_POINTS = 5  # layers of each model in the sweep (every k-th, k = layers // 5)
 GUESSES = 5
@@ -59,6 +61,32 @@ def top_guesses(guesses: list[Any], before: bool) -> list[tuple[str, float]]:
     """The top tokens of a prompt report's guesses, with edits (``before=False``) or without."""
     rows = [(g.text, g.prob_before if before else g.prob) for g in guesses]
     return sorted(((text, prob) for text, prob in rows if prob is not None), key=lambda row: -row[1])[:GUESSES]
+
+
+def judge_request(line: str) -> tuple[str, str]:
+    """``TASK [SPLIT]`` → ``(task, split)``; ValueError (one line naming the allowed splits) otherwise.
+
+    Checked here, not by the engine in the worker, so a typo costs a notification and no job.
+    """
+    words = line.split()
+    if len(words) == 2 and words[1] not in SPLITS:
+        raise ValueError(f"unknown split '{words[1]}'; use one of: {', '.join(SPLITS)} (e.g. sentiment random)")
+    if not 1 <= len(words) <= 2:
+        raise ValueError(f"write a prompt set and optionally a split ({', '.join(SPLITS)}), e.g. sentiment random")
+    return words[0], words[1] if len(words) == 2 else SPLITS[0]
+
+
+JUDGED_COLUMNS = ["α×‖v_B‖", "native", "mapped", "mapped/native", "random", "vs random", "split", "vs split",
+                  "damage×", "works (random)", "works (split)"]
+
+
+def judged_rows(strengths: list[Any]) -> list[list[str]]:
+    """One row per strength: the effects, the isotropic control and the split control side by side, and
+    whether the mapped vector works under each control's rule (every number read off the engine's judgement)."""
+    return [[f"{s.alpha:+g}", f"{s.native:+.4f}", f"{s.mapped:+.4f}", f"{s.fraction:.0%}",
+             f"{s.random:.4f}", f"{s.over_random:.1f}×", f"{s.split:.4f}", f"{s.over_split:.1f}×",
+             f"{s.damage_ratio:.2f}", "yes" if s.works else "no", "yes" if s.works_in_distribution else "no"]
+            for s in strengths]
 
 
 def blade_step(stage: str) -> tuple[int, int, float] | None:
@@ -313,22 +341,30 @@ class TransferScreen(JobScreen):
         self._run("transfer", f"moving {item.describe()} into {loaded_b.name}", compute)
 
     def action_judge(self) -> None:
-        """``J``: judge the moved direction on a bundled prompt set, against B's native vector and random ones."""
+        """``J``: judge the moved direction on a bundled prompt set against B's native vector and the
+        controls; ``TASK [stratified|random]`` says how the split control cuts the task's prompts."""
         report, loaded_a, loaded_b = self.stitch_report, self.loaded_a, self.loaded_b
 
-        def chosen(task_name: str) -> None:
+        def chosen(line: str) -> None:
+            try:
+                task_name, split = judge_request(line)
+            except ValueError as exc:
+                self.app.notify(str(exc), severity="error")
+                return
+
             def compute(ctx: JobContext) -> Message:
                 from engine.transfer.judge import judge_transfer
                 from engine.transfer.prompts import load_task
 
                 return self.Judged(judge_transfer(loaded_a, loaded_b, report.address_a, report.address_b,
-                                                  report.stitch, load_task(task_name), cancel=ctx.cancel,
-                                                  progress=ctx.progress))
+                                                  report.stitch, load_task(task_name), split=split,
+                                                  cancel=ctx.cancel, progress=ctx.progress))
 
-            self._run("judge", f"judging the {task_name} direction moved into {loaded_b.name}", compute)
+            self._run("judge", f"judging the {task_name} direction moved into {loaded_b.name} ({split} split)",
+                      compute)
 
-        self._ask("Judge on which prompt set (sentiment, formality, language, antonyms, capitals)?",
-                  DEFAULT_JUDGE_TASK, chosen)
+        self._ask(f"Judge on which prompt set (sentiment, formality, language, antonyms, capitals), and how the "
+                  f"split control cuts it ({', '.join(SPLITS)})?", f"{DEFAULT_JUDGE_TASK} {SPLITS[0]}", chosen)
 
     def action_blade(self) -> None:
         """``l``: train a blade (A's residual → B's at B's address, started from the stitch) on a task."""
@@ -419,14 +455,18 @@ class TransferScreen(JobScreen):
     @on(Judged)
     def _judged(self, message: Judged) -> None:
         self.judgement = judged = message.judgement
-        rows = [[f"{s.alpha:+g}", f"{s.native:+.4f}", f"{s.mapped:+.4f}", f"{s.random:.4f}", f"{s.fraction:.0%}",
-                 f"{s.over_random:.1f}×", f"{s.damage_ratio:.2f}", "yes" if s.works else "no"]
-                for s in judged.strengths]
-        self._table(["α×‖v_B‖", "native", "mapped", "random", "mapped/native", "vs random", "damage×", "works"], rows)
-        self._done(f"judge {judged.task}: mapped {judged.mean_fraction():.0%} of native on average "
-                   f"(+ {judged.mean_fraction(True):.0%}, − {judged.mean_fraction(False):.0%}), "
-                   f"{judged.over_random:.1f}× random, damage {judged.damage_ratio:.2f}× native · cosine "
-                   f"{judged.cosine:.2f} (not judged by) · {'works' if judged.works else 'does not work'}")
+        self._table(JUDGED_COLUMNS, judged_rows(judged.strengths))
+
+        def verdict(works: bool) -> str:
+            return "works" if works else "does not work"
+
+        # the native ceilings say how far any map could get past each control on this task
+        self._done(f"judge {judged.task} ({judged.split_kind} split): mapped {judged.mean_fraction():.0%} of native "
+                   f"on average (+ {judged.mean_fraction(True):.0%}, − {judged.mean_fraction(False):.0%}), "
+                   f"{judged.over_random:.1f}× random (native {judged.native_over_random:.1f}×), "
+                   f"{judged.over_split:.1f}× split (native {judged.native_over_split:.1f}×), damage "
+                   f"{judged.damage_ratio:.2f}× native · cosine {judged.cosine:.2f} (not judged by) · "
+                   f"{verdict(judged.works)} vs random, {verdict(judged.works_in_distribution)} vs split")
 
     def progressed(self, message: JobProgressed) -> None:
         step = blade_step(message.stage) if self.job == "blade" else None

@@ -42,7 +42,9 @@ from garage_tui.widgets.lists import KeyTable
 RECIPES = shipped_folder("recipes")  # the checkout's recipes/, or the wheel's copy
 NO_RECIPE = "No recipe: n starts one from the open model, o opens a recipe file."
 CONTINUATION_WIDTH = 30
-BAKE_READ = "reading the bin's directions"  # the pane's own job: its failures and cancels stay here
+BAKE_READ = "reading the bin's directions"  # the pane's own jobs: their failures and cancels stay here
+BLADE_READ = "reading the bin's blades"
+BIN_READS = {BAKE_READ: "directions", BLADE_READ: "blades"}
 
 
 def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
@@ -64,6 +66,7 @@ class BenchPane(Vertical):
         Binding("e", "edit_step", "Edit step", id="bench.edit"),
         Binding("p", "pick_part", "Part→head", id="bench.pick_part"),
         Binding("a", "add_bake", "Bake", show=False, id="bench.bake"),  # in ? and the palette
+        Binding("l", "add_blade", "Blade", show=False, id="bench.blade"),
         Binding("d", "delete_step", "Delete", id="bench.delete"),
         Binding("K", "move_step(-1)", "Move up", show=False, id="bench.move_up"),
         Binding("J", "move_step(1)", "Move down", show=False, id="bench.move_down"),
@@ -73,6 +76,13 @@ class BenchPane(Vertical):
 
     class DirectionsRead(Message):
         """The bin's direction parts, read in a worker for the bake question."""
+
+        def __init__(self, names: list[str]) -> None:
+            super().__init__()
+            self.names = names
+
+    class BladesRead(Message):
+        """The bin's blade parts, read in a worker for the blade question."""
 
         def __init__(self, names: list[str]) -> None:
             super().__init__()
@@ -187,7 +197,7 @@ class BenchPane(Vertical):
         workbench = self.workbench
         if action == "new_recipe":
             return workbench.loaded is not None
-        if action in ("add_take", "add_blend", "write_recipe", "add_bake"):
+        if action in ("add_take", "add_blend", "write_recipe", "add_bake", "add_blade"):
             return self.recipe is not None
         if action == "delete_step":
             return self.selected_step() is not None or self._selected_finish() is not None
@@ -320,8 +330,9 @@ class BenchPane(Vertical):
         if not workbench.has_parts_bin:
             self._ask_bake([])
             return
+        # one group for both reads: a second key supersedes the first read, so one question opens
         start_job(self, BAKE_READ, lambda ctx: self.DirectionsRead(workbench.read_direction_parts()),
-                  group="bench-bake", name="_bake_directions")
+                  group="bench-bin-read", name="_bake_directions")
 
     @on(DirectionsRead)
     def _directions_read(self, message: DirectionsRead) -> None:
@@ -330,27 +341,57 @@ class BenchPane(Vertical):
             self._ask_bake(message.names)
 
     @on(JobFailed)
-    def _bake_read_failed(self, message: JobFailed) -> None:
-        if message.job == BAKE_READ:
+    def _bin_read_failed(self, message: JobFailed) -> None:
+        if message.job in BIN_READS:
             message.stop()  # the app's own job line is not about this read
-            self.app.notify(f"cannot offer the bin's directions: {message.message}", severity="error", timeout=8)
+            self.app.notify(f"cannot offer the bin's {BIN_READS[message.job]}: {message.message}", severity="error",
+                            timeout=8)
 
     @on(JobCancelled)
-    def _bake_read_cancelled(self, message: JobCancelled) -> None:
-        if message.job == BAKE_READ:
-            message.stop()  # a second a superseded the read: its own answer opens the question
+    def _bin_read_cancelled(self, message: JobCancelled) -> None:
+        if message.job in BIN_READS:
+            message.stop()  # a second key superseded the read: its own answer opens the question
 
     def _ask_bake(self, names: list[str]) -> None:
         offered = f"; directions in the bin: {', '.join(names[:6])}" if names else "; the bin has no direction yet"
 
         def add(answer: str) -> None:
-            step = bake_step(answer)
-            finish = [*(self.document.get("finish") or []), step]
-            row = len(self.document.get("layers") or []) + len(finish) - 1
-            self.set_recipe({**self.document, "finish": finish}, row)
+            finish, at = with_weight_op(list(self.document.get("finish") or []), bake_step(answer))
+            self.set_recipe({**self.document, "finish": finish}, len(self.document.get("layers") or []) + at)
 
         self._ask(f"Bake into the weights ({BAKE_HELP}){offered}:",
                   f"ablate-direction {names[0] if names else 'PART'}", add)
+
+    def action_add_blade(self) -> None:
+        """``l``: a blade op (a finish op) attaching a trained blade part from the bin to the hybrid.
+
+        Read in a worker like the bake question's directions; the op goes last, after every op
+        that changes the weights, since the blade is checked against the final model.
+        """
+        workbench = self.workbench
+        if not workbench.has_parts_bin:
+            self._ask_blade([])
+            return
+        start_job(self, BLADE_READ, lambda ctx: self.BladesRead([record.name for record in
+                                                                 workbench.parts_bin().list(kind="blade")]),
+                  group="bench-bin-read", name="_blade_parts")
+
+    @on(BladesRead)
+    def _blades_read(self, message: BladesRead) -> None:
+        message.stop()
+        if self.recipe is not None:  # the recipe may have left the bench while the bin was read
+            self._ask_blade(message.names)
+
+    def _ask_blade(self, names: list[str]) -> None:
+        offered = (f"; blades in the bin: {', '.join(names[:6])}" if names else
+                   "; the bin has no blade yet (`garage blade train` saves one)")
+
+        def add(answer: str) -> None:
+            finish = [*(self.document.get("finish") or []), blade_op(answer)]
+            row = len(self.document.get("layers") or []) + len(finish) - 1
+            self.set_recipe({**self.document, "finish": finish}, row)
+
+        self._ask(f"Attach which blade part (by name or sha256 prefix){offered}:", names[0] if names else "PART", add)
 
     def _selected_finish(self) -> int | None:
         """Index into ``finish`` of the highlighted row, if it is a finish step."""
@@ -408,6 +449,27 @@ class BenchPane(Vertical):
         name = self.document.get("name", "hybrid")
         self._ask("Build into folder (then evaluate against the sources):", str(garage_home() / "builds" / name),
                   lambda answer: self.post_message(BuildRequested(dict(self.document), answer)))
+
+
+def blade_op(answer: str) -> dict[str, Any]:
+    """The ``finish:`` entry for the bench's blade answer: one part name (the recipe check finds it in the bin)."""
+    words = answer.split()
+    if len(words) != 1:
+        raise ValueError("write one blade part's name (or sha256 prefix), e.g. a-into-b")
+    return {"op": "blade", "part": words[0]}
+
+
+def with_weight_op(finish: list[Any], step: dict[str, Any]) -> tuple[list[Any], int]:
+    """``finish`` with ``step`` (an op that changes the weights) added, and its index: last, but before
+    the trailing ops that attach a part beside the weights (a blade), which are checked against the
+    final weights and so must follow every op that changes them."""
+    from engine.build.model_ops import MODEL_OPS
+
+    at = len(finish)
+    while at > 0 and isinstance(finish[at - 1], dict) and finish[at - 1].get("op") in MODEL_OPS.names() and \
+            MODEL_OPS.get(finish[at - 1]["op"]).attaches:
+        at -= 1
+    return [*finish[:at], step, *finish[at:]], at
 
 
 def _slot(text: str) -> tuple[int, int]:
