@@ -200,10 +200,11 @@ def test_rerun_keeps_the_running_job(smollm2, tmp_path, monkeypatch):
                 await pilot.press("r")
                 await wait_for(pilot, lambda: len(calls) == 1, 30, "the first run")
                 await pilot.press("r")  # changed my mind: run again
-                await wait_for(pilot, lambda: len(calls) == 2, 30, "the second run")
-                gates[0].set()  # the superseded run notices its cancel and ends
-                # the superseded worker returns and posts what it posts; the app has handled it
+                # the second run waits for the model the first still holds: let the first go on, so
+                # it notices its cancel and ends; its worker posts what it posts and the app handles it
+                gates[0].set()
                 await wait_for(pilot, lambda: ended, 30, "the superseded run to end")
+                await wait_for(pilot, lambda: len(calls) == 2, 30, "the second run")
                 await pilot.pause()
                 assert any(w.is_running and w.name == "_run_prompt" for w in app.workers)
                 assert app.job == "run", f"a run is in flight but job is {app.job!r}"
