@@ -30,9 +30,10 @@ GARAGE = """
 import time, sys
 from garage_tui.factory import build_app
 from garage_tui.app import GarageApp
+from textual.app import App
 def mark(self):
     print(f"FRAME {time.time():.6f} {time.process_time():.6f} torch={'torch' in sys.modules}", flush=True)
-    self.exit()
+    App.exit(self)  # GarageApp.exit waits for the panes, which this stand-in hook never mounts
 GarageApp.{hook} = mark
 build_app(None, None, None).run(headless=True, size=(80, 24))
 """
