@@ -110,8 +110,13 @@ _opening = threading.local()
 
 
 def carried_names(folder: Path) -> list[str]:
-    """``kind name`` of each part ``folder``'s manifest lists (``blade a-into-b``), for messages."""
-    return [f"{entry['kind']} {entry.get('part') or entry.get('file') or '?'}" for entry in read_manifest(folder)]
+    """``kind name`` of each part ``folder``'s manifest lists (``blade a-into-b``), for messages; a
+    damaged manifest is one entry saying so (its weights can still be read, the model cannot run)."""
+    try:
+        entries = read_manifest(folder)
+    except GarageError:
+        return [f"parts unknown (damaged {ATTACHED_MANIFEST})"]
+    return [f"{entry['kind']} {entry.get('part') or entry.get('file') or '?'}" for entry in entries]
 
 
 def attach_folder(loaded: Any, folder: Path, options: OpenOptions, attach: bool = True) -> None:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from engine.errors import GarageError
 from engine.safe_text import shown
+from engine.tensors import placed_tensors
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -495,8 +496,7 @@ def _placement(model: nn.Module, device: str, max_memory: dict[int | str, int] |
     placement = [Placement(name, str(where), 0) for name, where in device_map.items()]
     stored: set[int] = set()  # a tied weight (embedding = lm_head) is stored once, where it first lands
     for item in placement:
-        module = model.get_submodule(item.module) if item.module else model
-        for tensor in (*module.parameters(), *module.buffers()):
+        for tensor in placed_tensors(model, item.module):
             if id(tensor) not in stored:
                 stored.add(id(tensor))
                 item.weight_bytes += tensor.numel() * tensor.element_size()

@@ -74,9 +74,12 @@ def check_tokenizer_file(folder: Path) -> None:
         raise ModelLoadError(f"tokenizer file {path} is not a JSON object; re-download the model's tokenizer")
 
 
-def check_weights_present(folder: Path) -> None:
-    """Refuse a folder with no safetensors weights, naming a pickled checkpoint when that is all it has."""
-    if weight_files(folder):
+def check_weights_present(folder: Path, *, lenient: bool = False) -> None:
+    """Refuse a folder with no safetensors weights, naming a pickled checkpoint when that is all it has.
+
+    ``lenient``: for callers that read the weights alone, a damaged parts manifest does not stop
+    them (``engine.attached.weight_files``)."""
+    if weight_files(folder, lenient=lenient):
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:

@@ -241,7 +241,8 @@ def open_model(
 
         offload_folder = cache_dir() / "offload" / source.name
     model = _load_weights(weights_source, config, device, dtype, attn_implementation,
-                          max_memory=max_memory, offload_folder=str(offload_folder) if offload_folder else None)
+                          max_memory=max_memory, offload_folder=str(offload_folder) if offload_folder else None,
+                          weights_only=not attach)
     _check_cancel(cancel)
     _notify(progress, "loading tokenizer", 0.8)
     tokenizer = _load_tokenizer(weights_source)
@@ -276,7 +277,8 @@ def _open_structure(source: ModelSource, config: Any, dtype: str) -> LoadedModel
 
 
 def _load_weights(source: ModelSource, config: Any, device: str, dtype: str, attn_implementation: str | None,
-                  max_memory: dict[int | str, int | str] | None = None, offload_folder: str | None = None) -> nn.Module:
+                  max_memory: dict[int | str, int | str] | None = None, offload_folder: str | None = None,
+                  weights_only: bool = False) -> nn.Module:
     model_class = _model_class(config)
     kwargs: dict[str, Any] = {"dtype": dtype_from_name(dtype), **_placement(device, max_memory, offload_folder)}
     if attn_implementation:
@@ -286,7 +288,8 @@ def _load_weights(source: ModelSource, config: Any, device: str, dtype: str, att
             return _load_single_file(model_class, source.path, config, kwargs)
         where = source.hub_id or str(source.folder)
         if source.hub_id is None and source.folder is not None:
-            check_weights_present(source.folder)  # a pickle-only folder is named, never unpickled
+            # a pickle-only folder is named, never unpickled; weights-only callers pass a damaged parts manifest
+            check_weights_present(source.folder, lenient=weights_only)
             if not source.checked_cache:  # parsing Gemma's 31 MB tokenizer.json in Python costs ~2 CPU-s
                 check_tokenizer_file(source.folder)
         return model_class.from_pretrained(where, trust_remote_code=False, **kwargs)

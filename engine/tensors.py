@@ -75,3 +75,14 @@ def text_rows(rows: Tensor) -> Tensor:
     rows = rows[1:] if rows.shape[0] > 1 else rows
     keep = ~sink_rows(rows)
     return rows[keep] if bool(keep.any()) else rows
+
+
+def placed_tensors(model: torch.nn.Module, key: str) -> tuple[Tensor, ...]:
+    """The tensors a device map's ``key`` places: a module's, or one tensor (accelerate splits a module
+    that holds tensors of its own into ``module.weight``-style keys)."""
+    try:
+        module = model.get_submodule(key) if key else model
+    except AttributeError:
+        owner, _, leaf = key.rpartition(".")
+        return (getattr(model.get_submodule(owner) if owner else model, leaf),)
+    return (*module.parameters(), *module.buffers())

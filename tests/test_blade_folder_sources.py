@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 
+from engine.errors import GarageError
 from tests.test_transfer_blade_recipe import PROMPTS, blade_built, write_recipe
 
 
@@ -76,6 +77,23 @@ def test_a_damaged_manifest_on_a_source_is_a_warning_and_the_blade_file_is_not_r
     ids = encode(b, PROMPTS[0])
     assert torch.equal(run(open_model(str(result.out_dir)), ids).logits, run(b, ids).logits)
     assert _carried(validate_recipe(str(recipe), light=True).warnings) == [note]  # `garage recipe check` too
+    # weights-only opens (preview, search trials, inspect) read it too; running it, or opening it whole, is refused
+    detached = open_model(str(copy), attach=False)
+    assert detached.detached == ["parts unknown (damaged garage_attached.json)"]
+    with pytest.raises(GarageError, match="garage_attached.json"):
+        run(detached, ids)
+    with pytest.raises(GarageError, match="garage_attached.json"):
+        open_model(str(copy))
+
+
+def test_a_device_map_key_naming_one_tensor_is_counted_as_that_tensor():
+    from engine.tensors import placed_tensors
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    model.register_buffer("scale", torch.ones(5))
+    assert [t.shape for t in placed_tensors(model, "0")] == [(2, 3), (2,)]
+    assert [t.shape for t in placed_tensors(model, "0.weight")] == [(2, 3)]
+    assert [t.shape for t in placed_tensors(model, "scale")] == [(5,)]
 
 
 def _bytes(model) -> int:

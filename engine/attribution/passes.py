@@ -79,7 +79,8 @@ def instrumented(
     edits = edits or {}
     sink = record if record is not None else PassRecord()  # gradients land here even when nobody keeps values
     handles: list = []
-    frozen = [name for name, p in model.named_parameters() if p.requires_grad] if grads else []
+    # every name of a tied weight: an offloaded model may hand each name its own object during the pass
+    frozen = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad] if grads else []
 
     def keep(key: Key, value: Tensor) -> Tensor:
         for edit in edits.get(key, ()):

@@ -237,9 +237,8 @@ def resolve_source(alias: str, spec: str, light: bool = False) -> Source:
     try:
         config_doc = check_config_file(config_path)  # limits first: transformers never sees an absurd config
         # a source gives its weights alone, so a damaged parts manifest does not stop it (the check notes it)
+        check_weights_present(folder, lenient=True)  # names a pickle-only folder
         unlisted = weight_files(folder, lenient=True)
-        if not unlisted:
-            check_weights_present(folder)  # names a pickle-only folder
         check_tokenizer_file(folder)
         listed = index_files(folder)
     except ModelLoadError as exc:

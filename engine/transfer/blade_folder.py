@@ -28,6 +28,7 @@ from engine.attached import ATTACHED_FORMAT, ATTACHED_MANIFEST, CARRIED_FILE, Op
 from engine.errors import GarageError, InterventionError
 from engine.interventions import EditPlan, Intervention, RunMask
 from engine.safe_text import shown
+from engine.tensors import placed_tensors
 from engine.transfer.blade import Blade
 from engine.transfer.blade_parts import BLADE_FORMAT, check_blade_model
 from engine.transfer.pairs import ALIGN_SAME_TOKENS, TransferError
@@ -306,6 +307,15 @@ def _device_key(device: Any) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def _held_models(loaded: Any) -> list[Any]:
+    """``loaded``'s model and every model A its blades opened, theirs included (an A may carry a blade)."""
+    models = [loaded.model]
+    for item in loaded.standing:
+        if getattr(item, "loaded_a", None) is not None:
+            models += _held_models(item.loaded_a)
+    return models
+
+
 def _placed_bytes(models: list[Any]) -> dict[int | str, int]:
     """Bytes of weights each device holds for ``models`` (their accelerate placement; a tensor tied
     between modules counted once), keyed as ``max_memory`` keys them."""
@@ -315,8 +325,7 @@ def _placed_bytes(models: list[Any]) -> dict[int | str, int]:
         # transformers records no map when everything landed on one device: the tensors say where
         placement = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device}
         for name, device in placement.items():
-            module = model.get_submodule(name) if name else model
-            for tensor in (*module.parameters(), *module.buffers()):
+            for tensor in placed_tensors(model, name):
                 if id(tensor) not in seen:
                     seen.add(id(tensor))
                     key = _device_key(device)
@@ -334,9 +343,7 @@ def _options_for_a(loaded: Any, options: OpenOptions, file: str) -> OpenOptions:
     if options.max_memory is not None:
         from accelerate.utils import convert_file_size_to_int
 
-        held = [loaded.model, *(item.loaded_a.model for item in loaded.standing
-                                if getattr(item, "loaded_a", None) is not None)]
-        used = _placed_bytes(held)
+        used = _placed_bytes(_held_models(loaded))
         budget = {}
         for key, size in options.max_memory.items():
             total = convert_file_size_to_int(size) if isinstance(size, str) else int(size)
