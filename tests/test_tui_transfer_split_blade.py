@@ -78,6 +78,7 @@ def pair(tmp_path):
     return a, b, fit_stitch(a, b, "L2.out", "L1.out", stitch_text(max_chars=6_000))
 
 
+@pytest.mark.slow  # a real judge on the tiny pair inside the app: ~15 s, too much for the quick lane
 def test_judge_takes_the_split_word_and_shows_the_split_control(pair, garage_home, tmp_path, monkeypatch):
     import engine.transfer.judge as judge_module
     from garage_tui.screens.transfer import TransferScreen
