@@ -440,9 +440,10 @@ class Workbench:
     def fitting_parts(self, loaded: Any, slot: str) -> list[str]:
         return [record.name for record in self.parts_bin().fits(loaded, slot)]
 
-    def read_direction_parts(self) -> list[str]:
-        """The bin's direction parts by name (what a bake step can write); a corrupt catalog raises."""
-        return [record.name for record in self.parts_bin().list(kind="direction")]
+    def read_part_names(self, kind: str) -> list[str]:
+        """The bin's parts of ``kind`` by name (directions for a bake step, blades for a blade step);
+        a corrupt catalog raises."""
+        return [record.name for record in self.parts_bin().list(kind=kind)]
 
     def check_recipe(self, recipe: dict[str, Any]) -> RecipeCheck:
         """Validate a recipe document (configs and headers only, no weights)."""

@@ -38,15 +38,44 @@ def pair(tmp_path):
     return open_model(str(folder_a)), folder_b
 
 
-async def _answer(app, pilot, line: str) -> None:
+@pytest.fixture()
+def fitted_pair(pair):
+    """(A, B open, the ridge stitch A L2.out → B L1.out)."""
+    from engine.loading import open_model
+    from engine.transfer.fitting import fit_stitch
+    from engine.transfer.pairs import stitch_text
+
+    loaded_a, folder_b = pair
+    loaded_b = open_model(str(folder_b))
+    return loaded_a, loaded_b, fit_stitch(loaded_a, loaded_b, "L2.out", "L1.out", stitch_text(max_chars=TEXT_CHARS))
+
+
+async def open_transfer(app, pilot, fitted_pair):
+    """The transfer view over an already fitted pair, as if A, B and the stitch had been set up there."""
+    from garage_tui.screens.transfer import TransferScreen
+
+    loaded_a, loaded_b, fitted = fitted_pair
+    app.workbench.transfer.update(a=loaded_a, b=loaded_b, address_a="L2.out", address_b="L1.out",
+                                  kind="ridge", stitch=fitted)
+    await pilot.press("X")
+    screen = app.screen
+    assert isinstance(screen, TransferScreen) and screen.stitch_report is fitted
+    return screen
+
+
+async def _answer(app, pilot, line: str | None) -> str:
+    """Answer the open question with ``line`` (None keeps the offered value); returns the question."""
     from textual.widgets import Input
 
     from garage_tui.screens.ask import AskScreen
 
-    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen), 10, "the question")
-    app.screen.query_one(Input).value = line
+    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen), 30, "the question")
+    question = app.screen.question
+    if line is not None:
+        app.screen.query_one(Input).value = line
     await pilot.press("enter")
     await pilot.pause()
+    return question
 
 
 async def finish(pilot, screen, result, what: str) -> None:
@@ -143,7 +172,7 @@ def test_transfer_view_fit_sweep_steer_judge_blade(pair, garage_home, tmp_path, 
 
 
 @pytest.mark.slow  # real blade training in a Pilot walk
-def test_blade_loss_is_drawn_against_the_training_step_when_posts_are_throttled(pair, garage_home, tmp_path,
+def test_blade_loss_is_drawn_against_the_training_step_when_posts_are_throttled(fitted_pair, garage_home, tmp_path,
                                                                                 monkeypatch):
     """Progress posts are throttled (most steps never reach the screen), yet every point of the loss
     chart sits at the step the trainer was at, and the x-axis spans the whole run."""
@@ -151,14 +180,8 @@ def test_blade_loss_is_drawn_against_the_training_step_when_posts_are_throttled(
 
     import engine.transfer.blade_train as blade_train
     import garage_tui.jobs as jobs
-    from engine.loading import open_model
-    from engine.transfer.fitting import fit_stitch
-    from engine.transfer.pairs import stitch_text
-    from garage_tui.screens.transfer import TransferScreen
 
-    loaded_a, folder_b = pair
-    loaded_b = open_model(str(folder_b))
-    fitted = fit_stitch(loaded_a, loaded_b, "L2.out", "L1.out", stitch_text(max_chars=TEXT_CHARS))
+    loaded_a = fitted_pair[0]
     steps = 40
     monkeypatch.setattr(jobs, "PROGRESS_INTERVAL", 1.0)  # far longer than 40 steps of these tiny models
     trained, gate = threading.Event(), threading.Event()
@@ -176,11 +199,7 @@ def test_blade_loss_is_drawn_against_the_training_step_when_posts_are_throttled(
         app = make_app(loaded_a, home=tmp_path / "bin", model=loaded_a.name)
         async with app.run_test(size=(150, 46)) as pilot:
             await wait_idle(pilot, 180)
-            app.workbench.transfer.update(a=loaded_a, b=loaded_b, address_a="L2.out", address_b="L1.out",
-                                          kind="ridge", stitch=fitted)
-            await pilot.press("X")
-            screen = app.screen
-            assert isinstance(screen, TransferScreen) and screen.stitch_report is fitted
+            screen = await open_transfer(app, pilot, fitted_pair)
             await pilot.press("l")
             await _answer(app, pilot, f"antonyms {steps}")
             await wait_for(pilot, trained.is_set, 120, "the blade's training steps")

@@ -8,6 +8,7 @@ import math
 
 import pytest
 from test_tui_support import make_app, run, wait_for, wait_idle
+from test_tui_transfer import _answer, fitted_pair, open_transfer, pair  # noqa: F401 (fixtures this module's tests take)
 
 from garage_tui.screens.transfer import JUDGED_COLUMNS, SPLITS, judge_request, judged_rows
 from garage_tui.widgets.bench_pane import blade_op, with_weight_op
@@ -18,21 +19,6 @@ def _notes(app):
     original = app.notify
     app.notify = lambda message, **kw: (notes.append((message, kw.get("severity"))), original(message, **kw))[1]
     return notes
-
-
-async def _answer(app, pilot, line: str | None) -> str:
-    """Answer the open question with ``line`` (None keeps the offered value); returns the question."""
-    from textual.widgets import Input
-
-    from garage_tui.screens.ask import AskScreen
-
-    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen), 30, "the question")
-    question = app.screen.question
-    if line is not None:
-        app.screen.query_one(Input).value = line
-    await pilot.press("enter")
-    await pilot.pause()
-    return question
 
 
 def test_the_screen_offers_the_engines_splits_and_parses_the_answer():
@@ -65,25 +51,12 @@ def test_the_judged_rows_put_the_split_control_beside_the_isotropic_one():
     assert dict(zip(JUDGED_COLUMNS, judged_rows([unrun])[0], strict=True))["vs split"] == "nan×"
 
 
-@pytest.fixture()
-def pair(tmp_path):
-    from test_tui_search import tiny_llama_folder
-
-    from engine.loading import open_model
-    from engine.transfer.fitting import fit_stitch
-    from engine.transfer.pairs import stitch_text
-
-    a = open_model(str(tiny_llama_folder(tmp_path / "tiny-a", layers=4, width=64, seed=0)))
-    b = open_model(str(tiny_llama_folder(tmp_path / "tiny-b", layers=3, width=48, seed=1)))
-    return a, b, fit_stitch(a, b, "L2.out", "L1.out", stitch_text(max_chars=6_000))
-
-
 @pytest.mark.slow  # a real judge on the tiny pair inside the app: ~15 s, too much for the quick lane
-def test_judge_takes_the_split_word_and_shows_the_split_control(pair, garage_home, tmp_path, monkeypatch):
+def test_judge_takes_the_split_word_and_shows_the_split_control(fitted_pair, garage_home, tmp_path,  # noqa: F811
+                                                                 monkeypatch):
     import engine.transfer.judge as judge_module
-    from garage_tui.screens.transfer import TransferScreen
 
-    loaded_a, loaded_b, fitted = pair
+    loaded_a = fitted_pair[0]
     calls = []
     real = judge_module.judge_transfer
 
@@ -98,11 +71,7 @@ def test_judge_takes_the_split_word_and_shows_the_split_control(pair, garage_hom
         notes = _notes(app)
         async with app.run_test(size=(150, 46)) as pilot:
             await wait_idle(pilot, 120)
-            app.workbench.transfer.update(a=loaded_a, b=loaded_b, address_a="L2.out", address_b="L1.out",
-                                          kind="ridge", stitch=fitted)
-            await pilot.press("X")
-            screen = app.screen
-            assert isinstance(screen, TransferScreen) and screen.stitch_report is fitted
+            screen = await open_transfer(app, pilot, fitted_pair)
             notes.clear()
             await pilot.press("J")
             question = await _answer(app, pilot, "sentiment shuffled")

@@ -42,9 +42,8 @@ from garage_tui.widgets.lists import KeyTable
 RECIPES = shipped_folder("recipes")  # the checkout's recipes/, or the wheel's copy
 NO_RECIPE = "No recipe: n starts one from the open model, o opens a recipe file."
 CONTINUATION_WIDTH = 30
-BAKE_READ = "reading the bin's directions"  # the pane's own jobs: their failures and cancels stay here
-BLADE_READ = "reading the bin's blades"
-BIN_READS = {BAKE_READ: "directions", BLADE_READ: "blades"}
+# the pane's own jobs (part kind → job line): their failures and cancels stay here
+BIN_READS = {"direction": "reading the bin's directions", "blade": "reading the bin's blades"}
 
 
 def identity_recipe(name: str, spec: str, n_layers: int) -> dict[str, Any]:
@@ -74,19 +73,12 @@ class BenchPane(Vertical):
         Binding("B", "build", "Build", id="bench.build"),
     ]
 
-    class DirectionsRead(Message):
-        """The bin's direction parts, read in a worker for the bake question."""
+    class PartsRead(Message):
+        """The bin's parts of one kind, read in a worker for the question that offers them."""
 
-        def __init__(self, names: list[str]) -> None:
+        def __init__(self, names: list[str], ask: Callable[[list[str]], None]) -> None:
             super().__init__()
-            self.names = names
-
-    class BladesRead(Message):
-        """The bin's blade parts, read in a worker for the blade question."""
-
-        def __init__(self, names: list[str]) -> None:
-            super().__init__()
-            self.names = names
+            self.names, self.ask = names, ask
 
     def __init__(self, workbench: Workbench, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -326,30 +318,36 @@ class BenchPane(Vertical):
         The catalog is read in a worker (it may be large or on a slow disk); the question opens
         with the bin's directions when they arrive.
         """
+        self._offer_parts("direction", self._ask_bake, "_bake_directions")
+
+    def _offer_parts(self, kind: str, ask: Callable[[list[str]], None], name: str) -> None:
+        """Open ``ask`` with the bin's parts of ``kind``, read in a worker (the catalog may be large or
+        on a slow disk); with no bin, at once with none."""
         workbench = self.workbench
         if not workbench.has_parts_bin:
-            self._ask_bake([])
+            ask([])
             return
-        # one group for both reads: a second key supersedes the first read, so one question opens
-        start_job(self, BAKE_READ, lambda ctx: self.DirectionsRead(workbench.read_direction_parts()),
-                  group="bench-bin-read", name="_bake_directions")
+        # one group for every read: a second key supersedes the first read, so one question opens
+        start_job(self, BIN_READS[kind], lambda ctx: self.PartsRead(workbench.read_part_names(kind), ask),
+                  group="bench-bin-read", name=name)
 
-    @on(DirectionsRead)
-    def _directions_read(self, message: DirectionsRead) -> None:
+    @on(PartsRead)
+    def _parts_read(self, message: PartsRead) -> None:
         message.stop()
         if self.recipe is not None:  # the recipe may have left the bench while the bin was read
-            self._ask_bake(message.names)
+            message.ask(message.names)
 
     @on(JobFailed)
     def _bin_read_failed(self, message: JobFailed) -> None:
-        if message.job in BIN_READS:
+        kinds = {line: kind for kind, line in BIN_READS.items()}
+        if message.job in kinds:
             message.stop()  # the app's own job line is not about this read
-            self.app.notify(f"cannot offer the bin's {BIN_READS[message.job]}: {message.message}", severity="error",
+            self.app.notify(f"cannot offer the bin's {kinds[message.job]}s: {message.message}", severity="error",
                             timeout=8)
 
     @on(JobCancelled)
     def _bin_read_cancelled(self, message: JobCancelled) -> None:
-        if message.job in BIN_READS:
+        if message.job in BIN_READS.values():
             message.stop()  # a second key superseded the read: its own answer opens the question
 
     def _ask_bake(self, names: list[str]) -> None:
@@ -368,19 +366,7 @@ class BenchPane(Vertical):
         Read in a worker like the bake question's directions; the op goes last, after every op
         that changes the weights, since the blade is checked against the final model.
         """
-        workbench = self.workbench
-        if not workbench.has_parts_bin:
-            self._ask_blade([])
-            return
-        start_job(self, BLADE_READ, lambda ctx: self.BladesRead([record.name for record in
-                                                                 workbench.parts_bin().list(kind="blade")]),
-                  group="bench-bin-read", name="_blade_parts")
-
-    @on(BladesRead)
-    def _blades_read(self, message: BladesRead) -> None:
-        message.stop()
-        if self.recipe is not None:  # the recipe may have left the bench while the bin was read
-            self._ask_blade(message.names)
+        self._offer_parts("blade", self._ask_blade, "_blade_parts")
 
     def _ask_blade(self, names: list[str]) -> None:
         offered = (f"; blades in the bin: {', '.join(names[:6])}" if names else
