@@ -630,27 +630,22 @@ def _kv_cache_bytes(config: Any, seq: int, batch: int, element: int, causal: boo
 
 def _gguf_weights(loaded: Any, dtype: str, n_parameters: int) -> GgufWeights:
     """Tensor types and byte counts from the GGUF header; the tensor data is mapped, never read."""
-    from gguf import GGUFReader
+    from engine.gguf_header import tensor_infos
 
     path = Path(loaded.source)
-    reader = GGUFReader(path)
+    infos = tensor_infos(path)
     types: dict[str, int] = {}
-    quantised = 0
-    elements = 0
-    for tensor in reader.tensors:
-        name = tensor.tensor_type.name
-        types[name] = types.get(name, 0) + 1
-        quantised += int(tensor.n_bytes)
-        elements += int(tensor.n_elements)
+    for info in infos:
+        types[info.type_name] = types.get(info.type_name, 0) + 1
     from engine.gguf_cache import _ROW_INDEPENDENT, ROW_BLOCK_BYTES
 
     # the cache streams tensor by tensor (large row-independent ones in blocks): the mapped file,
     # plus one tensor in flight as float32, its converted copy and the bytes written
-    in_flight = max((min(int(t.n_elements) * 4, ROW_BLOCK_BYTES) if t.name in _ROW_INDEPENDENT
-                     else int(t.n_elements) * 4 for t in reader.tensors), default=0)
+    in_flight = max((min(info.n_elements * 4, ROW_BLOCK_BYTES) if info.name in _ROW_INDEPENDENT
+                     else info.n_elements * 4 for info in infos), default=0)
     return GgufWeights(
-        path=str(path), quantised_bytes=quantised, dequantised_bytes=n_parameters * DTYPE_BYTES[dtype],
-        tensor_types=dict(sorted(types.items())),
+        path=str(path), quantised_bytes=sum(info.n_bytes for info in infos),
+        dequantised_bytes=n_parameters * DTYPE_BYTES[dtype], tensor_types=dict(sorted(types.items())),
         conversion_peak_bytes=path.stat().st_size + 3 * in_flight,
     )
 

@@ -61,10 +61,21 @@ def index_files(folder: Path) -> list[Path] | None:
     return files
 
 
+def file_key(path: Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime): what a per-process cache of a file's contents is keyed by."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+# tokenizer files already checked: a recipe is validated at every bench edit, and SmolLM2's
+# tokenizer.json takes a second to parse
+_TOKENIZERS_CHECKED: set[tuple[str, int, int]] = set()
+
+
 def check_tokenizer_file(folder: Path) -> None:
     """Refuse a ``tokenizer.json`` that is not UTF-8 JSON within the limits (truncated, damaged)."""
     path = folder / "tokenizer.json"
-    if not path.is_file():
+    if not path.is_file() or file_key(path) in _TOKENIZERS_CHECKED:
         return
     try:
         doc = load_json(path, "tokenizer file")
@@ -72,6 +83,7 @@ def check_tokenizer_file(folder: Path) -> None:
         raise ModelLoadError(f"{exc}; re-download the model's tokenizer") from exc
     if not isinstance(doc, dict):
         raise ModelLoadError(f"tokenizer file {path} is not a JSON object; re-download the model's tokenizer")
+    _TOKENIZERS_CHECKED.add(file_key(path))
 
 
 def check_weights_present(folder: Path, *, lenient: bool = False) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.attached import weight_files
 from engine.errors import GarageError
+from engine.folder_check import file_key
 
 if TYPE_CHECKING:
     import torch
@@ -135,8 +136,7 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 def file_digest(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) for this process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = file_key(path)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -146,22 +146,30 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model")
+_TOKENIZER_DIGESTS: dict[tuple[tuple[str, int, int], ...], str | None] = {}
+
+
 def _tokenizer_digest(folder: Path) -> str | None:
-    """A digest of the tokenizer's vocabulary files, so two sources can be told apart cheaply."""
+    """A digest of the tokenizer's vocabulary files, so two sources can be told apart cheaply;
+    remembered per files' (path, size, mtime), as the bench validates its recipe at every edit."""
+    key = tuple(file_key(folder / name) for name in _TOKENIZER_FILES if (folder / name).is_file())
+    if key in _TOKENIZER_DIGESTS:
+        return _TOKENIZER_DIGESTS[key]
     digest = hashlib.sha256()
-    found = False
-    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model"):
+    for name in _TOKENIZER_FILES:
         path = folder / name
-        if path.is_file():
-            found = True
-            if name == "tokenizer.json":
-                doc = json.loads(path.read_text(encoding="utf-8"))
-                # The vocabulary and merges decide token identity; padding/truncation settings do not.
-                digest.update(json.dumps(doc.get("model"), sort_keys=True).encode())
-                digest.update(json.dumps(doc.get("added_tokens"), sort_keys=True).encode())
-            else:
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16] if found else None
+        if not path.is_file():
+            continue
+        if name == "tokenizer.json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            # The vocabulary and merges decide token identity; padding/truncation settings do not.
+            digest.update(json.dumps(doc.get("model"), sort_keys=True).encode())
+            digest.update(json.dumps(doc.get("added_tokens"), sort_keys=True).encode())
+        else:
+            digest.update(path.read_bytes())
+    _TOKENIZER_DIGESTS[key] = digest.hexdigest()[:16] if key else None
+    return _TOKENIZER_DIGESTS[key]
 
 
 def locate_folder(spec: str) -> tuple[str, Path]:
