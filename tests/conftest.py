@@ -17,6 +17,12 @@ os.environ.setdefault("GARAGE_CACHE", str(REPO / ".cache" / "garage-test"))
 os.environ["GARAGE_HOME"] = tempfile.mkdtemp(prefix="garage-test-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one intra-op thread each, set before torch is imported, so two
+    # workers never spin four OpenMP threads on two cores (the suite ran 1.6x slower that way).
+    # Subprocesses the tests start (the CLI, tmux, Ray, search workers) inherit it.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +47,20 @@ def smollm2_eager():
     return open_model("smollm2-135m", attn_implementation="eager")
 
 
+@pytest.fixture(scope="session")
+def smollm2_stitched_twin(smollm2):
+    """SmolLM2, its twin widened to 960 by a known invertible map, and a ridge stitch fitted at
+    L15.out from the one to the other on 9000 characters (with the loss check on 2 chunks)."""
+    from engine.transfer.fitting import fit_stitch
+    from engine.transfer.pairs import stitch_text
+    from engine.transfer.widen import widened_loaded
+
+    wide, known = widened_loaded(smollm2, 960, seed=0)
+    report = fit_stitch(smollm2, wide, "L15.out", "L15.out", stitch_text(max_chars=9000), kind="ridge",
+                        loss_chunks=2)
+    return wide, known, report
+
+
 @pytest.fixture()
 def garage_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -56,16 +76,53 @@ REAL_MODEL_FIXTURES = frozenset({"smollm2", "minilm", "smollm2_eager", "gemma"})
 _lane: dict[str, str | None] = {"unmarked_test": None}
 
 
+# xdist groups other than the file: tests that start a local Ray cluster run one after the
+# other on one worker; the two files checking the stitch to SmolLM2's widened twin share its fit.
+GROUPS = {"test_jobs.py": "ray", "test_search.py": "ray",
+          "test_transfer_stitch.py": "widened-smollm2", "test_transfer_judge.py": "widened-smollm2"}
+# the groups that took longest in a measured run (60-240 s each on 2 cores), handed out first so
+# that none of them starts near the end and leaves the other workers idle; then by slow tests
+LONG_GROUPS = ("ray", "widened-smollm2", "test_tui_habits.py", "test_transfer_cli.py", "test_tui_keyboard.py",
+               "test_attribution_smollm2.py", "test_tui_snapshots.py", "test_fit_plan.py", "test_gemma_tui.py",
+               "test_tmux_garage.py")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core and one more (a test often waits on a subprocess, a Ray
+    actor or the app's timers: two workers left a 2-core machine 18% idle), at most as many as
+    3 GiB of free memory each allow (a worker opens SmolLM2, Gemma and MiniLM, ~2.5 GiB at its
+    peak), and at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores += 1
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        free = 2 * 3 * 2**30
+    return max(1, min(cores, free // (3 * 2**30), 8))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Mark slow every test that uses a real-model fixture, before `-m "not slow"` deselects."""
+    """Mark slow every test that uses a real-model fixture, before `-m "not slow"` deselects;
+    group tests by file for xdist's ``loadgroup`` (a file's module fixtures are built once), and
+    hand out the groups with the most slow tests first, so no long group starts last and runs alone."""
     for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group(GROUPS.get(name, name)))
         # a fixture named in a parametrize value is fetched with request.getfixturevalue(name)
         params = getattr(getattr(item, "callspec", None), "params", {})
         named = {value for value in params.values() if isinstance(value, str)}
         uses = REAL_MODEL_FIXTURES & (set(getattr(item, "fixturenames", ())) | named)
         if uses and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+    group = {item: item.get_closest_marker("xdist_group").args[0] for item in items}
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[group[item]] = weight.get(group[item], 0) + (item.get_closest_marker("slow") is not None)
+    rank = {name: len(LONG_GROUPS) - index for index, name in enumerate(LONG_GROUPS)}
+    # stable: a group's own order is kept
+    items.sort(key=lambda item: (-rank.get(group[item], 0), -weight[group[item]]))
 
 
 @pytest.hookimpl(tryfirst=True)

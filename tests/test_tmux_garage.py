@@ -29,6 +29,9 @@ class Tmux:
         self.socket = f"garage-test-{uuid.uuid4().hex[:8]}"
         self.env = {**os.environ, "GARAGE_HOME": str(home), "TERM": "xterm-256color"}
         self.env.pop("NO_COLOR", None)
+        # shutil.get_terminal_size prefers these to the pane's size, and xdist workers have them set
+        self.env.pop("COLUMNS", None)
+        self.env.pop("LINES", None)
 
     def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True, env=self.env,
@@ -36,7 +39,7 @@ class Tmux:
 
     def start(self, *garage_args: str) -> None:
         command = " ".join([str(GARAGE), *garage_args])
-        self.tmux("new-session", "-d", "-s", "garage", "-x", "100", "-y", "30", command)
+        self.tmux("new-session", "-d", "-s", "garage", "-x", "100", "-y", "40", command)
 
     def alive(self) -> bool:
         return self.tmux("has-session", "-t", "garage", check=False).returncode == 0
@@ -95,6 +98,7 @@ def test_garage_in_tmux_ablate_save_quit_restore(tmp_path):
         term.keys("Enter")
         term.wait_for_text("L10.attn.h3  head", "KV group 1")
         term.keys("a")
+        # 40 rows: the detail's "active" line stays on screen once the edit's rerun adds "now  before"
         term.wait_for_text("[ablated]", "active  zero-ablate L10.attn.h3")
         term.keys("r")
         term.wait_for_text("now  before", timeout=60)

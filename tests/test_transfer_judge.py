@@ -327,15 +327,10 @@ def test_target_words_are_single_tokens_in_smollm2_and_gemma(smollm2, gemma):
 
 
 @pytest.fixture(scope="module")
-def oracle_judged(smollm2):
-    from engine.transfer.fitting import fit_stitch
-    from engine.transfer.pairs import stitch_text
+def oracle_judged(smollm2, smollm2_stitched_twin):
     from engine.transfer.prompts import neutral_text
-    from engine.transfer.widen import widened_loaded
 
-    wide, known = widened_loaded(smollm2, 960, seed=0)
-    report = fit_stitch(smollm2, wide, "L15.out", "L15.out", stitch_text(max_chars=9000), kind="ridge",
-                        loss_chunks=0)
+    wide, known, report = smollm2_stitched_twin
     task = load_task("sentiment")
     task = dataclasses.replace(task, held_out=task.held_out[:4])  # few passes: the check is exact, not statistical
     judged = judge_transfer(smollm2, wide, "L15.out", "L15.out", report.stitch, task, alphas=(2.0, -1.0),

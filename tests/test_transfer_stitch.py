@@ -78,14 +78,8 @@ def test_text_split_holds_out_every_fifth_chunk():
 
 
 @pytest.fixture(scope="module")
-def oracle(smollm2):
-    from engine.transfer.fitting import fit_stitch
-    from engine.transfer.widen import widened_loaded
-
-    wide, known = widened_loaded(smollm2, 960, seed=0)
-    text = stitch_text(max_chars=9000)
-    report = fit_stitch(smollm2, wide, "L15.out", "L15.out", text, kind="ridge", loss_chunks=2)
-    return wide, known, report
+def oracle(smollm2_stitched_twin):
+    return smollm2_stitched_twin
 
 
 @pytest.mark.slow

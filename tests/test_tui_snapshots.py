@@ -1,7 +1,8 @@
 """SVG snapshots of every pane at 80×24 and 120×40 (pytest-textual-snapshot).
 
-Frames are deterministic: the real SmolLM2 on a fixed prompt, no timings, no paths of the
-temp folders on screen (status lines and notifications are cleared before the shot).
+Frames are deterministic: the real SmolLM2 on a fixed prompt, one intra-op thread (the last
+digit of a statistic follows the summation order, which follows the thread count), no timings,
+no paths of the temp folders on screen (status lines and notifications are cleared before the shot).
 Regenerate after an intended UI change with ``pytest tests/test_tui_snapshots.py --snapshot-update``.
 """
 
@@ -13,6 +14,16 @@ from test_tui_support import goto, make_app, wait_for, wait_idle
 pytestmark = pytest.mark.slow
 
 SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 async def settle(pilot) -> None:
