@@ -14,13 +14,15 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import ModelLoadError
+
 # GGUF value types: fixed sizes, and the two variable ones
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 
 
-class GgufHeaderError(ValueError):
-    """The file is not a little-endian GGUF v2/v3 this reader understands."""
+class GgufHeaderError(ModelLoadError):
+    """The file is not a little-endian GGUF v2/v3 this reader understands, or is cut short."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,13 @@ def tensor_infos(path: str | Path) -> tuple[TensorInfo, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _cached(path: str, size: int, mtime_ns: int) -> tuple[TensorInfo, ...]:
+    if size < 24:
+        raise GgufHeaderError(f"{path} is {size} bytes, too short for a GGUF header; re-download it")
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _parse(data)
+        try:
+            return _parse(data)
+        except (struct.error, UnicodeDecodeError) as exc:  # a count or length runs past the end
+            raise GgufHeaderError(f"{path} has a damaged or cut-short GGUF header ({exc}); re-download it") from exc
 
 
 def _parse(data: mmap.mmap) -> tuple[TensorInfo, ...]:

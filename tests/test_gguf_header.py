@@ -49,6 +49,24 @@ def test_not_a_gguf_is_one_clear_error(tmp_path):
         tensor_infos(path)
 
 
+def test_a_cut_short_gguf_is_one_clear_error(tmp_path):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "tiny.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b"] * 100)
+    writer.add_tensor("w", np.ones((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    for cut in (10, 400, len(data) - 200 - 64):
+        (tmp_path / f"cut{cut}.gguf").write_bytes(data[:cut])
+        with pytest.raises(GgufHeaderError, match="GGUF header"):
+            tensor_infos(tmp_path / f"cut{cut}.gguf")
+
+
 @pytest.mark.slow
 def test_smollm2_tensor_table_equals_the_reader():
     from engine.bundled import bundled_path
