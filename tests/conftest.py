@@ -105,7 +105,8 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_collection_modifyitems(config, items):
     """Mark slow every test that uses a real-model fixture, before `-m "not slow"` deselects;
     group tests by file for xdist's ``loadgroup`` (a file's module fixtures are built once), and
-    hand out the groups with the most slow tests first, so no long group starts last and runs alone."""
+    hand out ``LONG_GROUPS`` first, then the groups with the most slow tests, so no long group
+    starts last and runs alone."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             name = item.path.name
