@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
@@ -95,11 +96,15 @@ def pane_strip(current: str, loaded: Any, edits: int, title: str = "") -> Text:
 
 
 class GarageFooter(Footer):
-    """Textual's footer with the essential keys first, so a narrow terminal cuts the pane's extras."""
+    """Textual's footer with the essential keys first, so a narrow terminal cuts the pane's extras.
 
-    def compose(self) -> ComposeResult:
-        if not self._bindings_ready:
-            return
+    Textual rebuilds every key of the footer at each bindings signal (every focus move, every
+    refreshed check): here it is rebuilt only when what it shows changed, which saves ~10 widgets
+    restyled per key press on a slow terminal host."""
+
+    _shown: tuple[tuple[Any, ...], ...] | None = None
+
+    def _rows(self) -> list[tuple[Any, bool, str]]:
         rows = [(binding, enabled, tooltip) for (_, binding, enabled, tooltip) in self.screen.active_bindings.values()
                 if binding.show]
         rows.sort(key=lambda row: ESSENTIAL.index(row[0].id) if row[0].id in ESSENTIAL else len(ESSENTIAL))
@@ -109,7 +114,29 @@ class GarageFooter(Footer):
             if row[0].action not in seen:
                 seen.add(row[0].action)
                 unique.append(row)
+        return unique
+
+    def _signature(self, rows: list[tuple[Any, bool, str]]) -> tuple[tuple[Any, ...], ...]:
+        return tuple((binding.key, self.app.get_key_display(binding), binding.description, binding.action, enabled,
+                      tooltip) for binding, enabled, tooltip in rows)
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        unique = self._rows()
+        self._shown = self._signature(unique)
         self.styles.grid_size_columns = len(unique)
         for binding, enabled, tooltip in unique:
             yield FooterKey(binding.key, self.app.get_key_display(binding), binding.description, binding.action,
                             disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
+
+    def bindings_changed(self, screen: Screen) -> None:
+        self._bindings_ready = True
+        if not screen.app.app_focus:
+            return
+        if self.is_attached and screen is self.screen:
+            self.call_after_refresh(self._recompose_if_changed)
+
+    async def _recompose_if_changed(self) -> None:
+        if self.is_attached and self._signature(self._rows()) != self._shown:
+            await self.recompose()
