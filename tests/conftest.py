@@ -50,14 +50,14 @@ def smollm2_eager():
 @pytest.fixture(scope="session")
 def smollm2_stitched_twin(smollm2):
     """SmolLM2, its twin widened to 960 by a known invertible map, and a ridge stitch fitted at
-    L15.out from the one to the other on 9000 characters (with the loss check on 2 chunks)."""
+    L15.out from the one to the other on 6000 characters (with the loss check on 1 chunk)."""
     from engine.transfer.fitting import fit_stitch
     from engine.transfer.pairs import stitch_text
     from engine.transfer.widen import widened_loaded
 
     wide, known = widened_loaded(smollm2, 960, seed=0)
-    report = fit_stitch(smollm2, wide, "L15.out", "L15.out", stitch_text(max_chars=9000), kind="ridge",
-                        loss_chunks=2)
+    report = fit_stitch(smollm2, wide, "L15.out", "L15.out", stitch_text(max_chars=6000), kind="ridge",
+                        loss_chunks=1)
     return wide, known, report
 
 
@@ -90,15 +90,27 @@ LONG_GROUPS = ("ray", "widened-smollm2", "test_tui_habits.py", "test_transfer_cl
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per core and one more (a test often waits on a subprocess, a Ray
     actor or the app's timers: two workers left a 2-core machine 18% idle), at most as many as
-    3 GiB of free memory each allow (a worker opens SmolLM2, Gemma and MiniLM, ~2.5 GiB at its
+    3 GiB of available memory each allow (a worker opens SmolLM2, Gemma and MiniLM, ~2.5 GiB at its
     peak), and at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores += 1
+    return max(1, min(cores, _available_memory() // (3 * 2**30), 8))
+
+
+def _available_memory() -> int:
+    """Memory a new process can have: MemAvailable counts the page cache as free (after a fresh
+    install it holds gigabytes of wheels and model files; "free" pages alone gave two workers)."""
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        free = 2 * 3 * 2**30
-    return max(1, min(cores, free // (3 * 2**30), 8))
+        return 2 * 3 * 2**30
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -8,38 +8,28 @@ import pytest
 
 
 @pytest.mark.slow
-def test_stitch_cli_fits_identity_seam_and_saves_part(smollm2, garage_home, monkeypatch, capsys):
-    import engine.loading
-    from engine.parts import PartsBin
-    from garage_tui.cli import main
-
-    monkeypatch.setattr(engine.loading, "open_model", lambda *args, **kwargs: smollm2)
-    code = main(["stitch", "smollm2-135m", "smollm2-135m", "--from", "L3", "--to", "L3.out", "--max-chars", "6000",
-                 "--loss-chunks", "1", "--name", "self-stitch", "--json"])
-    document = json.loads(capsys.readouterr().out)
-    assert code == 0 and document["part"] == "self-stitch"
-    assert document["address_a"] == "L3.out" and document["alignment"] == "same-token-positions"
-    assert document["held_out"]["r2"] > 0.99  # A → A at one address: the map is the identity
-    assert document["loss"]["recovered_vs_mean"] > 0.95
-    record = PartsBin().get("self-stitch")
-    assert record.kind == "stitch" and record.config["model_b"]["config_hash"] == smollm2.config_hash
-    assert record.config["metrics"]["text_digest"] == document["text_digest"]
-    weight = PartsBin().load_tensors("self-stitch")["weight"]
-    assert weight.shape == (576, 576) and float(weight.diagonal().mean()) > 0.9
-
-
-@pytest.mark.slow
-def test_transfer_cli_moves_a_steer_through_a_saved_stitch_and_saves_it_on_b(smollm2, garage_home, monkeypatch,
-                                                                            capsys):
+def test_stitch_cli_fits_a_seam_then_transfer_moves_a_steer_through_it_and_saves_it_on_b(
+        smollm2, garage_home, monkeypatch, capsys):
+    """One fitted seam serves both verbs (a fit is the costly part): ``stitch`` saves it, ``transfer`` loads it."""
     import engine.loading
     from engine.features.parts import load_direction
     from engine.parts import PartsBin
     from garage_tui.cli import main
 
     monkeypatch.setattr(engine.loading, "open_model", lambda *args, **kwargs: smollm2)
-    assert main(["stitch", "smollm2-135m", "smollm2-135m", "--from", "L3", "--to", "L3.out", "--max-chars", "6000",
-                 "--loss-chunks", "0", "--name", "seam", "--json"]) == 0
-    capsys.readouterr()
+    code = main(["stitch", "smollm2-135m", "smollm2-135m", "--from", "L3", "--to", "L3.out", "--max-chars", "6000",
+                 "--loss-chunks", "1", "--name", "seam", "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0 and document["part"] == "seam"
+    assert document["address_a"] == "L3.out" and document["alignment"] == "same-token-positions"
+    assert document["held_out"]["r2"] > 0.99  # A → A at one address: the map is the identity
+    assert document["loss"]["recovered_vs_mean"] > 0.95
+    record = PartsBin().get("seam")
+    assert record.kind == "stitch" and record.config["model_b"]["config_hash"] == smollm2.config_hash
+    assert record.config["metrics"]["text_digest"] == document["text_digest"]
+    weight = PartsBin().load_tensors("seam")["weight"]
+    assert weight.shape == (576, 576) and float(weight.diagonal().mean()) > 0.9
+
     code = main(["transfer", "smollm2-135m", "smollm2-135m", "--at-a", "L3.out", "--at-b", "L3.out", "--task",
                  "sentiment", "--stitch", "seam", "--alphas", "2", "-2", "--random", "1", "--neutral-chunks", "1",
                  "--name", "moved", "--json"])

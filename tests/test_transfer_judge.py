@@ -195,6 +195,30 @@ def test_random_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_
     assert not torch.allclose(mixed[0].vector, mixed[1].vector, atol=1e-3)
 
 
+def test_judge_runs_each_of_bs_task_prompts_once_and_shared_means_change_nothing(tiny, monkeypatch):
+    import engine.analyzers.steering as steering
+    from engine.transfer.judge import split_controls, task_means, task_vector
+
+    means = task_means(tiny, "L0.out", TINY_TASK)
+    assert torch.equal(task_vector(tiny, "L0.out", TINY_TASK, means=means), task_vector(tiny, "L0.out", TINY_TASK))
+    for shared, own in zip(split_controls(tiny, "L0.out", TINY_TASK, (0, 1), means=means),
+                           split_controls(tiny, "L0.out", TINY_TASK, (0, 1)), strict=True):
+        assert torch.equal(shared.vector, own.vector)
+
+    seen: list[str] = []
+    real_run = steering.run
+
+    def counting(loaded, ids, **kwargs):
+        seen.append(tiny.tokenizer.decode(ids[0].tolist()))
+        return real_run(loaded, ids, **kwargs)
+
+    monkeypatch.setattr(steering, "run", counting)
+    stitch = Stitch("ridge", 64, 64, torch.eye(64), torch.zeros(64))
+    judge_transfer(tiny, tiny, "L0.out", "L0.out", stitch, TINY_TASK, neutral=NEUTRAL, random_seeds=(0, 1))
+    # A's four prompts for its DiffMean, B's four once for both its DiffMean and the split controls
+    assert len(seen) == 2 * len({*TINY_TASK.positive, *TINY_TASK.negative})
+
+
 def test_stratified_split_gives_each_half_half_of_each_class_and_leaves_an_odd_one_out():
     from engine.transfer.judge import random_split, stratified_split
 

@@ -47,15 +47,23 @@ class SteeringVector:
                 "n_positive": self.n_positive, "n_negative": self.n_negative}
 
 
-def _mean_residual(loaded: LoadedModel, layer: int, prompts: Sequence[str], cancel: threading.Event | None,
-                   progress: Progress | None) -> Tensor:
+def prompt_means(loaded: LoadedModel, layer: int, prompts: Sequence[str], cancel: threading.Event | None = None,
+                 progress: Progress | None = None) -> dict[str, Tensor]:
+    """Each distinct prompt's mean over its text rows (``engine.tensors.text_rows``) of
+    ``L{layer}.out``, float64: one pass per prompt, shared by a DiffMean and its split controls."""
     address = f"L{layer}.out"
-    means = []
-    for index, prompt in enumerate(prompts):
+    distinct = list(dict.fromkeys(prompts))
+    means: dict[str, Tensor] = {}
+    for index, prompt in enumerate(distinct):
         tap = run(loaded, encode(loaded, prompt), capture=[address], cancel=cancel,
-                  progress=scaled(progress, index / len(prompts), (index + 1) / len(prompts))).tap
-        means.append(text_rows(tap[address][0].double()).mean(dim=0))
-    return torch.stack(means).mean(dim=0)
+                  progress=scaled(progress, index / len(distinct), (index + 1) / len(distinct))).tap
+        means[prompt] = text_rows(tap[address][0].double()).mean(dim=0)
+    return means
+
+
+def diff_mean(means: dict[str, Tensor], first: Sequence[str], second: Sequence[str]) -> Tensor:
+    """Mean over ``first``'s prompt means minus mean over ``second``'s (a prompt listed twice counts twice)."""
+    return torch.stack([means[p] for p in first]).mean(dim=0) - torch.stack([means[p] for p in second]).mean(dim=0)
 
 
 def steering_vector(
@@ -66,16 +74,19 @@ def steering_vector(
     *,
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
+    means: dict[str, Tensor] | None = None,
 ) -> SteeringVector:
     """Mean over prompts (of the mean over each prompt's text rows, ``engine.tensors.text_rows``:
-    position 0 and sink rows left out) of ``L{layer}.out``: positive minus negative."""
+    position 0 and sink rows left out) of ``L{layer}.out``: positive minus negative. ``means``
+    (from ``prompt_means`` at this layer) saves the passes when the caller has them already."""
     n_layers = loaded.anatomy.n_layers
     if not 0 <= layer < n_layers:
         raise GarageError(f"layer {layer} is out of range: this model has layers 0–{n_layers - 1}")
     if not positive_prompts or not negative_prompts:
         raise GarageError("a steering vector needs at least one positive and one negative prompt")
-    difference = (_mean_residual(loaded, layer, positive_prompts, cancel, scaled(progress, 0.0, 0.5))
-                  - _mean_residual(loaded, layer, negative_prompts, cancel, scaled(progress, 0.5, 1.0)))
+    if means is None:
+        means = prompt_means(loaded, layer, [*positive_prompts, *negative_prompts], cancel, progress)
+    difference = diff_mean(means, positive_prompts, negative_prompts)
     dtype = next(loaded.model.parameters()).dtype
     return SteeringVector(layer, difference.to(dtype), len(positive_prompts), len(negative_prompts))
 

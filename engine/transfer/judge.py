@@ -46,7 +46,7 @@ from engine.transfer.stitch import Stitch
 
 __all__ = ["ALPHAS", "WORKS_RATIO", "SplitControl", "StrengthJudgement", "TransferJudgement", "TransferReport",
            "SPLITS", "judge_transfer", "judge_vectors", "layer_of", "random_split", "split_controls",
-           "stratified_split", "task_vector", "transfer_direction"]
+           "stratified_split", "task_means", "task_vector", "transfer_direction"]
 
 ALPHAS = (1.0, -1.0, 2.0, -2.0)  # multiples of ‖v_B‖, both signs
 WORKS_RATIO = 3.0
@@ -262,20 +262,32 @@ def layer_of(loaded: Any, address: str) -> int:
     return int(target.layer)
 
 
-def task_vector(loaded: Any, address: str, task: TransferTask, *, cancel: threading.Event | None = None) -> Tensor:
+def task_vector(loaded: Any, address: str, task: TransferTask, *, cancel: threading.Event | None = None,
+                means: dict[str, Tensor] | None = None) -> Tensor:
     """The garage's steer (``steering_vector``: DiffMean over each prompt's text rows, position 0
     and sinks left out) at ``address`` from the task's prompt pairs, float32 on the CPU.
 
     Leaving the sink out matters here most: at SmolLM2 L14 an all-position DiffMean had cos 0.36
     with this one and twice its norm, and a stitch fitted without sinks maps that part to noise
-    (mapped effect 39% of native instead of 67%).
+    (mapped effect 39% of native instead of 67%). ``means``: ``task_means`` of this model and
+    address, when the caller has them (they give the split controls too).
     """
     from engine.analyzers.steering import steering_vector
 
     if not task.positive or not task.negative:
         raise TransferError(f"task '{task.name}' needs positive and negative prompts for a DiffMean vector")
     layer = layer_of(loaded, address)
-    return steering_vector(loaded, layer, task.positive, task.negative, cancel=cancel).vector.float().cpu()
+    return steering_vector(loaded, layer, task.positive, task.negative, cancel=cancel,
+                           means=means).vector.float().cpu()
+
+
+def task_means(loaded: Any, address: str, task: TransferTask, *,
+               cancel: threading.Event | None = None) -> dict[str, Tensor]:
+    """Each of the task's prompts' mean text row at ``address``'s layer output (one pass per prompt):
+    what both ``task_vector`` and ``split_controls`` are arithmetic on."""
+    from engine.analyzers.steering import prompt_means
+
+    return prompt_means(loaded, layer_of(loaded, address), [*task.positive, *task.negative], cancel)
 
 
 def _check_split(split: str) -> None:
@@ -312,32 +324,26 @@ def stratified_split(positive: Sequence[str], negative: Sequence[str], seed: int
 
 
 def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequence[int], *,
-                   split: str = "stratified", cancel: threading.Event | None = None) -> list[SplitControl]:
+                   split: str = "stratified", cancel: threading.Event | None = None,
+                   means: dict[str, Tensor] | None = None) -> list[SplitControl]:
     """The split control's directions: for each seed, the DiffMean recipe of ``task_vector``
     (per-prompt mean of ``text_rows``, then mean over prompts, first half minus second half) over a
     seeded split of the task's prompts — ``stratified`` (``stratified_split``: half of each class
     per half, so the label cancels) or ``random`` (``random_split`` of the pooled prompts).
 
-    Each prompt runs once and every split is arithmetic on the per-prompt means, so more seeds
-    cost no passes.
+    Each prompt runs once and every split is arithmetic on the per-prompt means (``task_means``,
+    passed as ``means`` when the caller has them), so more seeds cost no passes.
     """
-    from engine.run import run
-    from engine.runner import encode
-    from engine.tensors import text_rows
+    from engine.analyzers.steering import diff_mean
 
     _check_split(split)
-    layer = layer_of(loaded, address)
     pooled = [*task.positive, *task.negative]
     kept = 2 * (len(task.positive) // 2 + len(task.negative) // 2) if split == "stratified" else len(pooled)
     if kept < 2:
         raise TransferError(f"task '{task.name}' has too few prompts for a {split} split control "
                             f"({len(task.positive)} positive, {len(task.negative)} negative)")
-    point = f"L{layer}.out"
-    means: dict[str, Tensor] = {}
-    for prompt in pooled:
-        if prompt not in means:
-            tap = run(loaded, encode(loaded, prompt), capture=[point], cancel=cancel).tap
-            means[prompt] = text_rows(tap[point][0].double()).mean(dim=0)
+    if means is None:
+        means = task_means(loaded, address, task, cancel=cancel)
     positives = set(task.positive)
     controls = []
     for seed in seeds:
@@ -345,7 +351,7 @@ def split_controls(loaded: Any, address: str, task: TransferTask, seeds: Sequenc
             first, second, left_out = stratified_split(task.positive, task.negative, int(seed))
         else:
             (first, second), left_out = random_split(pooled, int(seed)), ()
-        vector = (torch.stack([means[p] for p in first]).mean(0) - torch.stack([means[p] for p in second]).mean(0))
+        vector = diff_mean(means, first, second)
         if float(vector.norm()) == 0:
             raise TransferError(f"the {split} split with seed {seed} gave a zero direction; the prompts are identical")
         controls.append(SplitControl(int(seed), first, second, sum(p in positives for p in first),
@@ -438,12 +444,13 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
                   alphas: Sequence[float] = ALPHAS, random_seeds: Sequence[int] = (0, 1, 2),
                   neutral: Sequence[str] | None = None, vector_a: Tensor | None = None, address_a: str = "",
                   split: str = "stratified", cancel: threading.Event | None = None,
-                  progress: Progress | None = None) -> TransferJudgement:
+                  progress: Progress | None = None, means: dict[str, Tensor] | None = None) -> TransferJudgement:
     """Judge ``mapped`` (a direction in B) against B's ``native`` one on ``task``, with the controls: no
     steer, isotropic random vectors and split DiffMean vectors (one of each per seed; ``split`` says
     how the halves are cut, see ``split_controls``).
 
     Every vector is rescaled to ``|α| · ‖native‖`` before it is added, so only directions compete.
+    ``means``: B's ``task_means`` at ``address_b``, when the caller has them.
     """
     mapped, native = mapped.detach().float().cpu().reshape(-1), native.detach().float().cpu().reshape(-1)
     if mapped.shape != native.shape:
@@ -459,7 +466,7 @@ def judge_vectors(loaded_b: Any, address_b: str, mapped: Tensor, native: Tensor,
     scorer = _Scorer(loaded_b, address_b, task.held_out, neutral, cancel)
     randoms = [torch.randn(native.numel(), generator=torch.Generator().manual_seed(int(seed)))
                for seed in random_seeds]
-    splits = split_controls(loaded_b, address_b, task, random_seeds, split=split, cancel=cancel)
+    splits = split_controls(loaded_b, address_b, task, random_seeds, split=split, cancel=cancel, means=means)
     if splits[0].vector.numel() != native.numel():
         raise TransferError(f"B's native vector has width {native.numel()} but B's residual at {address_b} has "
                             f"{splits[0].vector.numel()}")
@@ -507,12 +514,14 @@ def judge_transfer(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str,
     notify(progress, "building the steering vectors", None)
     v_a = vector_a.detach().float().cpu() if vector_a is not None else task_vector(loaded_a, address_a, task,
                                                                                   cancel=cancel)
+    # B's prompts run once: its native DiffMean and the split controls are arithmetic on the same means
+    means_b = task_means(loaded_b, address_b, task, cancel=cancel) if task.positive and task.negative else None
     v_b = vector_b.detach().float().cpu() if vector_b is not None else task_vector(loaded_b, address_b, task,
-                                                                                  cancel=cancel)
+                                                                                  cancel=cancel, means=means_b)
     mapped = stitch.map_direction(v_a).detach()
     return judge_vectors(loaded_b, address_b, mapped, v_b, task, alphas=alphas, random_seeds=random_seeds,
                          neutral=neutral, vector_a=v_a, address_a=address_a, split=split, cancel=cancel,
-                         progress=progress)
+                         progress=progress, means=means_b)
 
 
 @dataclass
