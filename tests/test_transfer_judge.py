@@ -195,8 +195,7 @@ def test_random_split_control_is_the_diffmean_of_a_seeded_shuffled_split_of_the_
     assert not torch.allclose(mixed[0].vector, mixed[1].vector, atol=1e-3)
 
 
-def test_judge_runs_each_of_bs_task_prompts_once_and_shared_means_change_nothing(tiny, monkeypatch):
-    import engine.analyzers.steering as steering
+def test_judge_runs_each_of_bs_task_prompts_once_and_shared_means_change_nothing(tiny):
     from engine.transfer.judge import split_controls, task_means, task_vector
 
     means = task_means(tiny, "L0.out", TINY_TASK)
@@ -205,18 +204,24 @@ def test_judge_runs_each_of_bs_task_prompts_once_and_shared_means_change_nothing
                            split_controls(tiny, "L0.out", TINY_TASK, (0, 1)), strict=True):
         assert torch.equal(shared.vector, own.vector)
 
-    seen: list[str] = []
-    real_run = steering.run
+    from engine.runner import encode
 
-    def counting(loaded, ids, **kwargs):
-        seen.append(tiny.tokenizer.decode(ids[0].tolist()))
-        return real_run(loaded, ids, **kwargs)
+    seen: list[tuple[int, ...]] = []
 
-    monkeypatch.setattr(steering, "run", counting)
-    stitch = Stitch("ridge", 64, 64, torch.eye(64), torch.zeros(64))
-    judge_transfer(tiny, tiny, "L0.out", "L0.out", stitch, TINY_TASK, neutral=NEUTRAL, random_seeds=(0, 1))
-    # A's four prompts for its DiffMean, B's four once for both its DiffMean and the split controls
-    assert len(seen) == 2 * len({*TINY_TASK.positive, *TINY_TASK.negative})
+    def record(module, args, kwargs):  # every forward pass of the model, whoever makes it
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(tuple(ids[0].tolist()))
+
+    handle = tiny.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        stitch = Stitch("ridge", 64, 64, torch.eye(64), torch.zeros(64))
+        judge_transfer(tiny, tiny, "L0.out", "L0.out", stitch, TINY_TASK, neutral=NEUTRAL, random_seeds=(0, 1))
+    finally:
+        handle.remove()
+    # each task prompt runs twice: once in A for its DiffMean, once in B for both its DiffMean and the
+    # split controls (the held-out prompts and the neutral text are other texts)
+    prompts = {*TINY_TASK.positive, *TINY_TASK.negative}
+    assert {p: seen.count(tuple(encode(tiny, p)[0].tolist())) for p in prompts} == {p: 2 for p in prompts}
 
 
 def test_stratified_split_gives_each_half_half_of_each_class_and_leaves_an_odd_one_out():
