@@ -123,12 +123,11 @@ class GarageFooter(Footer):
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
             return
-        unique = self._rows()
-        self._shown = self._signature(unique)
-        self.styles.grid_size_columns = len(unique)
-        for binding, enabled, tooltip in unique:
-            yield FooterKey(binding.key, self.app.get_key_display(binding), binding.description, binding.action,
-                            disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
+        self._shown = self._signature(self._rows())
+        self.styles.grid_size_columns = len(self._shown)
+        for key, display, description, action, enabled, tooltip in self._shown:
+            yield FooterKey(key, display, description, action, disabled=not enabled,
+                            tooltip=tooltip).data_bind(compact=Footer.compact)
 
     def bindings_changed(self, screen: Screen) -> None:
         self._bindings_ready = True

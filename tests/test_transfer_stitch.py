@@ -77,14 +77,9 @@ def test_text_split_holds_out_every_fifth_chunk():
         stitch_text(("nope",))
 
 
-@pytest.fixture(scope="module")
-def oracle(smollm2_stitched_twin):
-    return smollm2_stitched_twin
-
-
 @pytest.mark.slow
-def test_oracle_ridge_stitch_recovers_the_known_map(oracle):
-    _, known, report = oracle
+def test_oracle_ridge_stitch_recovers_the_known_map(smollm2_stitched_twin):
+    _, known, report = smollm2_stitched_twin
     matrix = known.matrix().float()
     assert report.alignment == "same-token-positions"
     assert report.held_out.r2 >= 0.999
@@ -96,11 +91,11 @@ def test_oracle_ridge_stitch_recovers_the_known_map(oracle):
 
 
 @pytest.mark.slow
-def test_steering_vector_through_the_oracle_stitch_matches_native(oracle, smollm2):
+def test_steering_vector_through_the_oracle_stitch_matches_native(smollm2_stitched_twin, smollm2):
     from engine.run import run
     from engine.transfer.evaluate import steer_effect
 
-    wide, known, report = oracle
+    wide, known, report = smollm2_stitched_twin
     tok = smollm2.tokenizer
     residuals = [run(smollm2, tok(p, return_tensors="pt").input_ids, capture=["L15.out"]).tap["L15.out"][0, -1]
                  for p in ("I feel so happy and glad", "I feel so sad and gloomy")]
