@@ -31,5 +31,6 @@ def capture_prompt(
     """
     canonical = [resolve_point(loaded.anatomy, address).address for address in addresses]
     ids = encode(loaded, prompt)
-    tap = run(loaded, ids, capture=canonical, interventions=interventions, cancel=cancel, progress=progress).tap
+    tap = run(loaded, ids, capture=canonical, interventions=interventions, cancel=cancel, progress=progress,
+              stop_after_capture=True).tap
     return {address: tap[address] for address in canonical}, ids[0].tolist()

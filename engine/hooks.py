@@ -123,6 +123,7 @@ def hooked(
     observers: Mapping[str, Observer] | None = None,
     edits: Sequence[tuple[Target, Edit]] = (),
     progress: Progress | None = None,
+    stop_before: int | None = None,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
@@ -132,8 +133,9 @@ def hooked(
     With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
     is set, so Esc interrupts even one long pass; ``progress`` hears of each layer. With
     ``history``, the tap keeps every pass's capture (``tap.history``), as cached generation
-    steps need. Every hook, swapped module and attention-implementation change is undone on
-    exit, also when the block raises.
+    steps need. With ``stop_before`` (a layer index), the pass raises ``PassComplete`` as that
+    layer starts: what the layers before it captured is in the tap. Every hook, swapped module
+    and attention-implementation change is undone on exit, also when the block raises.
     """
     tap = Tap(history=history)
     bundles: dict[Site, SiteHooks] = {}
@@ -173,6 +175,10 @@ def hooked(
                 handles.extend(_layer_checks(model, anatomy, cancel, progress))
             if any(item.needs_mask() for item in interventions):
                 handles.append(model.register_forward_pre_hook(_mask_recorder(mask), with_kwargs=True))
+            if stop_before is not None:
+                # registered after every site's hooks, so a pre-hook site on this layer still runs first
+                layer = model.get_submodule(anatomy.module_path_of(stop_before, "").rstrip("."))
+                handles.append(layer.register_forward_pre_hook(_stop))
             yield tap
     finally:
         for parent, attr, original in reversed(swaps):
@@ -238,6 +244,17 @@ def _returning_none(observe: Observer) -> Edit:
         return None
 
     return edit
+
+
+class PassComplete(Exception):
+    """Raised by the ``stop_before`` hook: the rest of the pass is not needed (not an error)."""
+
+
+def _stop(module: nn.Module, args: tuple) -> None:
+    raise PassComplete
+
+
+_stop._garage_hook = True  # type: ignore[attr-defined]
 
 
 def _layer_checks(model: nn.Module, anatomy: Anatomy, cancel: threading.Event | None,

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from engine.addresses import Target
 from engine.errors import GarageError
-from engine.hooks import Edit, Observer, Tap, hooked
+from engine.hooks import Edit, Observer, PassComplete, Tap, hooked
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
 from engine.progress import Progress, check_cancel
@@ -29,8 +29,9 @@ __all__ = ["Progress", "RunOutput", "require_weights", "run"]
 class RunOutput:
     """One forward pass: the model's main output, what it captured, and the ids it read."""
 
-    # logits [B, T, vocab] for a causal LM ([B, 1, vocab] with last_logits_only); else the last hidden state
-    main: Tensor
+    # logits [B, T, vocab] for a causal LM ([B, 1, vocab] with last_logits_only); else the last hidden
+    # state; None when the pass stopped after its capture points (stop_after_capture)
+    main: Tensor | None
     tap: Tap
     ids: Tensor  # [B, T]
     cache: object | None = None  # the KV cache, when the pass was asked to keep one
@@ -38,6 +39,9 @@ class RunOutput:
     @property
     def logits(self) -> Tensor:
         """The main output under its usual name (a causal LM's logits)."""
+        if self.main is None:
+            raise GarageError("this pass stopped after its capture points (stop_after_capture), so it has no "
+                              "output; run it without stop_after_capture to get one")
         return self.main
 
 
@@ -67,6 +71,7 @@ def run(
     use_cache: bool = False,
     history: bool = False,
     grad: bool = False,
+    stop_after_capture: bool = False,
 ) -> RunOutput:
     """One forward pass of ``ids`` (``[B, T]``) under ``interventions``.
 
@@ -78,8 +83,11 @@ def run(
     ``attention_mask``; mean ablation then leaves the pads out of its mean. ``use_cache``
     returns the KV cache in ``RunOutput.cache`` and ``cache`` continues from one (one
     decoding step). ``grad`` runs with autograd on instead of inference mode, so a trained part
-    attached as an intervention (a blade) gets gradients through the frozen model. Every hook is
-    removed on the way out, also when the pass raises.
+    attached as an intervention (a blade) gets gradients through the frozen model.
+    ``stop_after_capture`` ends the pass once every capture point and observer has seen its
+    value: the layers after the last of them and the head never run (a capture at layer 3 of 30
+    costs a tenth of a pass), and ``RunOutput.main`` is None. Every hook is removed on the way
+    out, also when the pass raises.
     """
     require_weights(loaded)
     check_cancel(cancel, "the forward pass")
@@ -98,9 +106,30 @@ def run(
             extra["cache"] = cache
         if last_logits_only:
             extra["logits_to_keep"] = 1
+    stop = _stop_layer(loaded, [*capture, *(observers or {})], use_cache or cache is not None) \
+        if stop_after_capture else None
     autograd = torch.enable_grad() if grad else torch.inference_mode()
-    with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel,
-                          history, observers=observers, edits=edits, progress=progress) as tap:
-        output = loaded.model(input_ids=ids, **extra)
+    with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel, history,
+                          observers=observers, edits=edits, progress=progress, stop_before=stop) as tap:
+        try:
+            output = loaded.model(input_ids=ids, **extra)
+        except PassComplete:
+            return RunOutput(None, tap, ids)
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)
+
+
+def _stop_layer(loaded: LoadedModel, addresses: Sequence[str], caching: bool) -> int | None:
+    """The layer before which a pass may stop once ``addresses`` have their values: the one after
+    the last of them; None when a point lies outside the layers (the embeddings, the final
+    norm: its order is not known here) or in the last layer, or when the pass keeps a KV cache
+    (stopping would leave it short of layers)."""
+    from engine.addresses import resolve_point
+
+    if caching:
+        raise GarageError("stop_after_capture cannot keep or continue a KV cache: the cache needs every layer")
+    layers = [resolve_point(loaded.anatomy, address).layer for address in addresses]
+    if not layers or any(layer is None for layer in layers):
+        return None
+    last = max(layer for layer in layers if layer is not None)
+    return last + 1 if last + 1 < loaded.anatomy.n_layers else None

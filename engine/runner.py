@@ -59,7 +59,7 @@ def forward(
     """``engine.run.run`` returning ``(main output, tap)``, for callers written before it."""
     output = run(loaded, ids, capture=capture, interventions=interventions, cancel=cancel,
                  attention_mask=attention_mask)
-    return output.main, output.tap
+    return output.logits, output.tap
 
 
 def top_tokens(loaded: LoadedModel, last_logits: Tensor, k: int) -> list[TokenGuess]:

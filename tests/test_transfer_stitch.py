@@ -75,6 +75,10 @@ def test_text_split_holds_out_every_fifth_chunk():
     assert not set(text.held_out) & set(text.train) and len(text.digest) == 16
     with pytest.raises(TransferError, match="unknown text source"):
         stitch_text(("nope",))
+    # four chunks hold none out: refused, not a fit measured on nothing (was a ZeroDivisionError in `garage stitch`)
+    assert len(stitch_text(max_chars=2401).held_out) == 1
+    with pytest.raises(TransferError, match="2400 characters, too short .* at least 2401 characters"):
+        stitch_text(max_chars=2400)
 
 
 @pytest.mark.slow

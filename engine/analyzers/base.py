@@ -63,7 +63,7 @@ def record_blocks(loaded: LoadedModel, ids: Tensor, cancel: threading.Event | No
     handles = [_block(loaded, layer).register_forward_hook(lambda module, args, output: outputs.append(output))
                for layer in range(loaded.anatomy.n_layers)]
     try:
-        logits = run(loaded, ids, cancel=cancel, progress=progress).main
+        logits = run(loaded, ids, cancel=cancel, progress=progress).logits
     finally:
         for handle in handles:
             handle.remove()

@@ -55,7 +55,7 @@ def prompt_means(loaded: LoadedModel, layer: int, prompts: Sequence[str], cancel
     distinct = list(dict.fromkeys(prompts))
     means: dict[str, Tensor] = {}
     for index, prompt in enumerate(distinct):
-        tap = run(loaded, encode(loaded, prompt), capture=[address], cancel=cancel,
+        tap = run(loaded, encode(loaded, prompt), capture=[address], cancel=cancel, stop_after_capture=True,
                   progress=scaled(progress, index / len(distinct), (index + 1) / len(distinct))).tap
         means[prompt] = text_rows(tap[address][0].double()).mean(dim=0)
     return means

@@ -236,7 +236,7 @@ def _donor_rows(loaded_a: Any, address_a: str, rows_a: list[list[int]], pairs: l
         check_cancel(cancel, "reading the text through model A")
         ids_a, mask_a = _pad(rows_a[start:start + chunk])
         captured = run(loaded_a, ids_a.to(loaded_a.input_device), capture=[address_a], attention_mask=mask_a,
-                       last_logits_only=True).tap[address_a]
+                       stop_after_capture=True, last_logits_only=True).tap[address_a]
         for offset, (positions_a, positions_b) in enumerate(pairs[start:start + chunk]):
             if positions_a:
                 donor_rows.append(captured[offset, torch.tensor(positions_a)].float().cpu())
@@ -296,7 +296,7 @@ def residual_rms(loaded_b: Any, data: BladeData, addresses: list[str], *, chunk:
     for start in range(0, len(data), chunk):
         part = data.select(list(range(start, min(start + chunk, len(data)))))
         tap = run(loaded_b, part.ids.to(loaded_b.input_device), capture=addresses, attention_mask=part.mask,
-                  last_logits_only=True).tap
+                  stop_after_capture=True, last_logits_only=True).tap
         real = part.mask.bool().clone()
         real[:, 0] = False
         for address in addresses:

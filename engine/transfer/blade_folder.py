@@ -153,7 +153,7 @@ class StandingBlade(Intervention):
         loaded_a = self.loaded_a
         attention = None if mask is None or mask.value is None else mask.value.to(loaded_a.input_device)
         captured = run(loaded_a, ids.to(loaded_a.input_device), capture=[self.address_a], attention_mask=attention,
-                       last_logits_only=True).tap[self.address_a]
+                       stop_after_capture=True, last_logits_only=True).tap[self.address_a]
         real = present.clone()
         first = present.int().argmax(1)
         real[torch.arange(ids.shape[0]), first] = False  # each row's first token: the BOS / attention sink

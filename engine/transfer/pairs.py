@@ -92,8 +92,10 @@ def stitch_text(sources: tuple[str, ...] = ("sample", "pydoc"), chunk_chars: int
         text = text[:max_chars]
     chunks = [text[start:start + chunk_chars] for start in range(0, len(text), chunk_chars)]
     chunks = [chunk for chunk in chunks if chunk.strip()]
-    if len(chunks) < 2:
-        raise TransferError("the text is too short to split into training and held-out chunks; pass more text")
+    if len(chunks) < held_out_every:  # fewer, and no chunk is held out: nothing to measure the fit on
+        raise TransferError(f"the text is {len(text)} characters, too short to split into training and held-out "
+                            f"chunks (every {held_out_every}th of {chunk_chars} characters is held out); pass at "
+                            f"least {(held_out_every - 1) * chunk_chars + 1} characters")
     held = [chunk for index, chunk in enumerate(chunks) if index % held_out_every == held_out_every - 1]
     train = [chunk for index, chunk in enumerate(chunks) if index % held_out_every != held_out_every - 1]
     return TextSplit(train, held, hashlib.sha256(text.encode()).hexdigest()[:16])
@@ -160,9 +162,9 @@ def pair_batches(loaded_a: Any, loaded_b: Any, address_a: str, address_b: str, c
             continue
         with torch.no_grad():
             h_a = run(loaded_a, ids_a.to(loaded_a.input_device), capture=[address_a], cancel=cancel,
-                      last_logits_only=True).tap[address_a]
+                      stop_after_capture=True, last_logits_only=True).tap[address_a]
             h_b = run(loaded_b, ids_b.to(loaded_b.input_device), capture=[address_b], cancel=cancel,
-                      last_logits_only=True).tap[address_b]
+                      stop_after_capture=True, last_logits_only=True).tap[address_b]
         index_a, index_b = torch.tensor(positions_a), torch.tensor(positions_b)
         yield without_sinks(PairBatch(h_a[0, index_a].float().cpu(), h_b[0, index_b].float().cpu(), ids_a, ids_b,
                                       index_a, index_b))

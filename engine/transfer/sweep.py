@@ -52,9 +52,9 @@ def chunk_pairs(loaded_a, loaded_b, layers_a: list[int], layers_b: list[int], ch
             continue
         with torch.no_grad():
             tap_a = run(loaded_a, ids_a.to(loaded_a.input_device), capture=[f"L{i}.out" for i in layers_a],
-                        cancel=cancel, last_logits_only=True).tap
+                        cancel=cancel, stop_after_capture=True, last_logits_only=True).tap
             tap_b = run(loaded_b, ids_b.to(loaded_b.input_device), capture=[f"L{j}.out" for j in layers_b],
-                        cancel=cancel, last_logits_only=True).tap
+                        cancel=cancel, stop_after_capture=True, last_logits_only=True).tap
         index_a, index_b = torch.tensor(positions_a), torch.tensor(positions_b)
         rows_a = {i: tap_a[f"L{i}.out"][0, index_a].float().cpu() for i in layers_a}
         rows_b = {j: tap_b[f"L{j}.out"][0, index_b].float().cpu() for j in layers_b}
