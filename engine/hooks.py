@@ -123,7 +123,7 @@ def hooked(
     observers: Mapping[str, Observer] | None = None,
     edits: Sequence[tuple[Target, Edit]] = (),
     progress: Progress | None = None,
-    stop_before: int | None = None,
+    stop_before: str | None = None,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
@@ -133,8 +133,8 @@ def hooked(
     With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
     is set, so Esc interrupts even one long pass; ``progress`` hears of each layer. With
     ``history``, the tap keeps every pass's capture (``tap.history``), as cached generation
-    steps need. With ``stop_before`` (a layer index), the pass raises ``PassComplete`` as that
-    layer starts: what the layers before it captured is in the tap. Every hook, swapped module
+    steps need. With ``stop_before`` (a module path), the pass raises ``PassComplete`` as that
+    module starts: what ran before it captured is in the tap. Every hook, swapped module
     and attention-implementation change is undone on exit, also when the block raises.
     """
     tap = Tap(history=history)
@@ -176,9 +176,8 @@ def hooked(
             if any(item.needs_mask() for item in interventions):
                 handles.append(model.register_forward_pre_hook(_mask_recorder(mask), with_kwargs=True))
             if stop_before is not None:
-                # registered after every site's hooks, so a pre-hook site on this layer still runs first
-                layer = model.get_submodule(anatomy.module_path_of(stop_before, "").rstrip("."))
-                handles.append(layer.register_forward_pre_hook(_stop))
+                # registered after every site's hooks, so a pre-hook site on this module still runs first
+                handles.append(model.get_submodule(stop_before).register_forward_pre_hook(_stop))
             yield tap
     finally:
         for parent, attr, original in reversed(swaps):

@@ -85,8 +85,9 @@ def run(
     decoding step). ``grad`` runs with autograd on instead of inference mode, so a trained part
     attached as an intervention (a blade) gets gradients through the frozen model.
     ``stop_after_capture`` ends the pass once every capture point and observer has seen its
-    value: the layers after the last of them and the head never run (a capture at layer 3 of 30
-    costs a tenth of a pass), and ``RunOutput.main`` is None. Every hook is removed on the way
+    value: the layers after the last of them, the final norm and the head never run (a capture
+    at layer 3 of 30 costs a tenth of a pass; every layer of Gemma, whose 262k-word head is more
+    than half its pass, less than half), and ``RunOutput.main`` is None. Every hook is removed on the way
     out, also when the pass raises.
     """
     require_weights(loaded)
@@ -106,7 +107,7 @@ def run(
             extra["cache"] = cache
         if last_logits_only:
             extra["logits_to_keep"] = 1
-    stop = _stop_layer(loaded, [*capture, *(observers or {})], use_cache or cache is not None) \
+    stop = _stop_module(loaded, [*capture, *(observers or {})], use_cache or cache is not None) \
         if stop_after_capture else None
     autograd = torch.enable_grad() if grad else torch.inference_mode()
     with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel, history,
@@ -119,17 +120,25 @@ def run(
     return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)
 
 
-def _stop_layer(loaded: LoadedModel, addresses: Sequence[str], caching: bool) -> int | None:
-    """The layer before which a pass may stop once ``addresses`` have their values: the one after
-    the last of them; None when a point lies outside the layers (the embeddings, the final
-    norm: its order is not known here) or in the last layer, or when the pass keeps a KV cache
-    (stopping would leave it short of layers)."""
+def _stop_module(loaded: LoadedModel, addresses: Sequence[str], caching: bool) -> str | None:
+    """The module before which a pass may stop once ``addresses`` have their values: the layer
+    after the last of them, or the final norm after the last layer; None when a point lies
+    elsewhere (the final norm or head themselves, an extra part whose order is not known here)
+    or the model has no final norm to stop at. A pass that keeps a KV cache cannot stop: the
+    cache would be short of layers."""
     from engine.addresses import resolve_point
 
     if caching:
         raise GarageError("stop_after_capture cannot keep or continue a KV cache: the cache needs every layer")
-    layers = [resolve_point(loaded.anatomy, address).layer for address in addresses]
-    if not layers or any(layer is None for layer in layers):
+    anatomy = loaded.anatomy
+    order = []
+    for address in addresses:
+        target = resolve_point(anatomy, address)
+        order.append(-1 if target.part.kind == "embed" and target.part.address == "embed" else target.layer)
+    if not order or any(position is None for position in order):
         return None
-    last = max(layer for layer in layers if layer is not None)
-    return last + 1 if last + 1 < loaded.anatomy.n_layers else None
+    after = max(position for position in order if position is not None) + 1
+    if after < anatomy.n_layers:
+        return anatomy.module_path_of(after, "").rstrip(".")
+    final = anatomy.by_address.get("final_norm")
+    return final.module_path if final is not None else None

@@ -77,9 +77,11 @@ _lane: dict[str, str | None] = {"unmarked_test": None}
 
 
 # xdist groups other than the file: tests that start a local Ray cluster run one after the
-# other on one worker; the two files checking the stitch to SmolLM2's widened twin share its fit.
+# other on one worker; the two files checking the stitch to SmolLM2's widened twin share its fit;
+# the kill tests share one forkserver of children with the engine imported (tests/forked.py).
 GROUPS = {"test_jobs.py": "ray", "test_search.py": "ray",
-          "test_transfer_stitch.py": "widened-smollm2", "test_transfer_judge.py": "widened-smollm2"}
+          "test_transfer_stitch.py": "widened-smollm2", "test_transfer_judge.py": "widened-smollm2",
+          "test_robust_build_out.py": "forked", "test_robust_parts.py": "forked", "test_build_kill.py": "forked"}
 # the groups that took longest in a measured run (60-240 s each on 2 cores), handed out first so
 # that none of them starts near the end and leaves the other workers idle; then by slow tests
 LONG_GROUPS = ("ray", "widened-smollm2", "test_tui_habits.py", "test_transfer_cli.py", "test_tui_keyboard.py",

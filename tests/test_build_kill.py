@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from engine.build import build, load_recipe
 from engine.loading import Cancelled
+from tests.forked import forked
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,9 +38,7 @@ marker.write_text("finished")
 def test_sigkill_mid_build_leaves_no_output_folder(tmp_path):
     out = tmp_path / "hybrid"
     marker = tmp_path / "progress.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(REPO / "recipes" / "smollm2-identity.yaml"),
-                              str(marker), str(out)], cwd=REPO, env=env)
+    child = forked(CHILD, REPO / "recipes" / "smollm2-identity.yaml", marker, out)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from engine.storage import sweep_stale_staging
-from tests.robust_harness import REPO, assert_one_error, cli, recipe_file, tiny_llama, tree_state
+from tests.forked import forked
+from tests.robust_harness import assert_one_error, cli, recipe_file, tiny_llama, tree_state
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +170,7 @@ def test_kill_9_during_a_forced_replacement_leaves_the_old_build_or_the_new(caps
     assert cli(capsys, "build", tiny_recipe, "--out", out).code == 0
     old = {Path(k).name: v for k, v in tree_state(out).items()}
     marker = tmp_path / "marker.txt"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(other_recipe), str(out), point, str(marker)],
-                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = forked(CHILD, other_recipe, out, point, marker)
     try:
         deadline = time.monotonic() + 120
         while not (marker.exists() and marker.read_text() == point):

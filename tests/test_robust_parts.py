@@ -22,7 +22,8 @@ import pytest
 
 from engine.parts import PartsBin
 from engine.parts.errors import PartIntegrityError
-from tests.robust_harness import REPO, assert_one_error, cli, tiny_llama, tree_state, write_safetensors
+from tests.forked import forked
+from tests.robust_harness import assert_one_error, cli, tiny_llama, tree_state, write_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +209,7 @@ def _parts_added(marker: Path) -> int:
 def test_kill_9_while_adding_parts_leaves_a_sound_catalog(tmp_path, source, after):
     home = tmp_path / "home"
     marker = tmp_path / "marker"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(source), str(home), str(marker)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = forked(CHILD, source, home, marker)
     try:
         deadline = time.monotonic() + 180
         while _parts_added(marker) < after:

@@ -32,28 +32,33 @@ def _calls(loaded, layer: int) -> tuple[list[int], list]:
 
 
 @pytest.mark.parametrize("family", sorted(tiny_configs()))
-def test_every_point_of_layer_0_equals_the_whole_pass_and_layer_1_never_runs(family):
+def test_every_point_of_a_layer_equals_the_whole_pass_and_nothing_after_it_runs(family):
     loaded = tiny_model(family)
-    points = [a for a in all_addresses(loaded.anatomy) if resolve_point(loaded.anatomy, a).layer == 0]
-    assert len(points) >= 5
-    whole = run(loaded, IDS, capture=points)
-    before = hook_inventory(loaded.model)
-    counts, handles = _calls(loaded, 1)
-    try:
-        stopped = run(loaded, IDS, capture=points, stop_after_capture=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert counts == [0, 0]  # neither layer 1 nor the model's last module ran
-    assert stopped.main is None
-    for point in points:
-        assert torch.equal(stopped.tap[point], whole.tap[point]), point
-    assert hook_inventory(loaded.model) == before and count_garage_hooks(loaded.model) == 0
-    with pytest.raises(GarageError, match="stopped after its capture points"):
-        _ = stopped.logits
+    has_final_norm = "final_norm" in loaded.anatomy.by_address
+    for layer in (0, 1):  # the first of two layers, then the last: the pass stops before the final norm
+        points = [a for a in all_addresses(loaded.anatomy) if resolve_point(loaded.anatomy, a).layer == layer]
+        assert len(points) >= 5
+        whole = run(loaded, IDS, capture=points)
+        before = hook_inventory(loaded.model)
+        counts, handles = _calls(loaded, 1)
+        try:
+            stopped = run(loaded, IDS, capture=points, stop_after_capture=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if layer == 1 and not has_final_norm:  # nothing known to stop at: the whole pass runs
+            assert counts == [1, 1] and stopped.main is not None
+            continue
+        # layer 1 ran only when it held the points, the model's last module never
+        assert counts == [layer, 0] and stopped.main is None, (family, layer)
+        for point in points:
+            assert torch.equal(stopped.tap[point], whole.tap[point]), point
+        assert hook_inventory(loaded.model) == before and count_garage_hooks(loaded.model) == 0
+        with pytest.raises(GarageError, match="stopped after its capture points"):
+            _ = stopped.logits
 
 
-def test_observers_count_and_a_point_in_the_last_layer_runs_the_whole_pass():
+def test_an_observer_counts_as_a_capture_point():
     loaded = tiny_model("llama")
     seen = []
     counts, handles = _calls(loaded, 1)
@@ -62,9 +67,8 @@ def test_observers_count_and_a_point_in_the_last_layer_runs_the_whole_pass():
     finally:
         for handle in handles:
             handle.remove()
-    # the observer sits in the last layer: nothing after it to skip but the head, which runs
-    assert counts == [1, 1] and len(seen) == 1 and out.main is not None
-    assert torch.equal(out.logits, run(loaded, IDS).logits)
+    assert counts == [1, 0] and len(seen) == 1 and out.main is None
+    assert torch.equal(seen[0], run(loaded, IDS, capture=["L1.mlp.out"]).tap["L1.mlp.out"])
 
 
 def test_a_point_outside_the_layers_runs_the_whole_pass_and_a_cache_is_refused():
@@ -92,3 +96,12 @@ def test_smollm2_l3_capture_equals_hidden_states_and_runs_four_layers(smollm2):
             handle.remove()
     assert ran == [0, 1, 2, 3]
     assert torch.equal(out.tap["L3.out"], reference[4])
+    head = []
+    handle = smollm2.model.lm_head.register_forward_hook(lambda module, args, output: head.append(1))
+    try:
+        last = run(smollm2, ids, capture=["L29.out"], stop_after_capture=True)
+    finally:
+        handle.remove()
+    # hidden_states' last entry is after the final norm; L29.out is before it
+    whole = run(smollm2, ids, capture=["L29.out"])
+    assert head == [] and last.main is None and torch.equal(last.tap["L29.out"], whole.tap["L29.out"])

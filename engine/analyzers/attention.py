@@ -112,7 +112,8 @@ def attention_report(
         raise GarageError(f"'{loaded.name}' has no attention layers this garage knows how to read")
     ids = encode(loaded, prompt)
     addresses = [f"L{i}.attn.pattern" for i in range(anatomy.n_layers)]
-    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress).tap
+    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress,
+              stop_after_capture=True).tap
     patterns = torch.stack([tap[address][0].float() for address in addresses])
     tokens = [loaded.tokenizer.decode([i]) for i in ids[0].tolist()]
     report = AttentionReport(prompt, tokens, patterns=patterns)

@@ -71,7 +71,8 @@ def layer_similarity(
         raise GarageError(f"'{loaded.name}' has no layers this garage knows how to compare")
     ids = encode(loaded, prompt)
     addresses = [f"L{i}.{point}" for i in range(n_layers) for point in ("in", "out")]
-    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress).tap
+    tap = run(loaded, ids, interventions=interventions, capture=addresses, cancel=cancel, progress=progress,
+              stop_after_capture=True).tap
     report = SimilarityReport(prompt, threshold=threshold)
     outputs = []
     for layer in range(n_layers):

@@ -52,7 +52,7 @@ def block_influence(task: InfluenceTask) -> list[float]:
     with in_memory(task.recipe, task.max_tokens) as (base, ids, _):
         count = len(task.recipe["layers"])
         points = [f"L{i}.{side}" for i in range(count) for side in ("in", "out")]
-        tap = run(base, ids.unsqueeze(0).to(base.input_device), capture=points).tap
+        tap = run(base, ids.unsqueeze(0).to(base.input_device), capture=points, stop_after_capture=True).tap
         influence = []
         for i in range(count):
             # position 0 is the BOS context token, never scored by the objective
