@@ -4,7 +4,8 @@ A kill -9 test needs a process of its own to kill mid-write; started as ``python
 one imported torch and transformers anew (~7 CPU-s here, most of such a test). A
 ``multiprocessing`` forkserver imports them once per test process and forks each child from
 that, so a child starts in a tenth of a second and is still a separate process with its own
-pid, killed by a real SIGKILL.
+pid, killed by a real SIGKILL. A child sees the environment the server started with, not a
+test's later ``monkeypatch.setenv``: pass what varies as arguments.
 """
 
 from __future__ import annotations
