@@ -104,18 +104,25 @@ def smollm2_cases():
         m = z["sdpa"]
         return lambda: m(ids, logits_to_keep=1).logits
 
+    def hf_layers_only(z, ids):
+        m = z["sdpa"]
+        body = m.model
+        # every decoder layer, neither the final norm nor the head: what a stats sweep runs
+        return lambda: body(ids, output_hidden_states=False).last_hidden_state
+
     return {
-        # stream_stats runs the head on the last position only (it keeps no logits): its
-        # like-for-like baseline is this one, not hf_plain's full [4, 128, vocab] logits
         "hf_last_logits": (hf_last_logits, "hf_last_logits", "HF forward, logits of the last position only"),
+        # stream_stats stops after the last layer it observes (stop_after_capture): its like-for-like
+        # baseline runs the decoder layers alone, not hf_plain's head and full [4, 128, vocab] logits
+        "hf_layers_only": (hf_layers_only, "hf_layers_only", "HF decoder layers and final norm, no head (model.model)"),
         "garage_run_plain": (_runner(), "hf_plain", "garage run(), nothing hooked"),
         "garage_capture_all_layers": (_runner(_layers), "hf_plain", "garage run(), capture 30 layer outputs"),
         "garage_capture_every_head_z": (_runner(_heads_z), "hf_plain", "garage run(), capture 270 head z"),
         "garage_capture_attn_pattern": (_runner([f"L{LAYER}.attn.pattern"]), "hf_plain_eager",
                                         "garage run(), capture L10's attention pattern (eager)"),
-        "garage_stream_stats_all": (_stats(every_layer_and_head), "hf_last_logits",
+        "garage_stream_stats_all": (_stats(every_layer_and_head), "hf_layers_only",
                                     "garage streaming stats, every layer + head (300 addresses)"),
-        "garage_stream_stats_layers": (_stats(_layers), "hf_last_logits",
+        "garage_stream_stats_layers": (_stats(_layers), "hf_layers_only",
                                        "garage streaming stats, 30 layer outputs"),
         "garage_ablate_head": (_runner(interventions=_ablate), "hf_plain", "garage zero-ablate L10.attn.h3"),
         "garage_scale_head": (_runner(interventions=_scale), "hf_plain", "garage scale L10.attn.h3 by 0.5"),

@@ -75,8 +75,10 @@ def stream_stats(
     plan = _plan(loaded, addresses, bins)
     batches = _id_batches(loaded, prompt_or_ids)
     for index, ids in enumerate(batches):
+        # statistics read no output: the pass ends after the last observed point (before the head)
         run(loaded, ids, interventions=interventions, observers=plan.observers, last_logits_only=True,
-            cancel=cancel, progress=scaled(progress, index / len(batches), (index + 1) / len(batches)))
+            stop_after_capture=True, cancel=cancel,
+            progress=scaled(progress, index / len(batches), (index + 1) / len(batches)))
     found: dict[str, StatsSummary] = {}
     for group, names in plan.groups:
         found.update(group.summaries(names))
