@@ -123,7 +123,7 @@ def hooked(
     observers: Mapping[str, Observer] | None = None,
     edits: Sequence[tuple[Target, Edit]] = (),
     progress: Progress | None = None,
-    stop_before: str | None = None,
+    stop_after_capture: bool = False,
 ) -> Iterator[Tap]:
     """Hook ``model`` for the block: capture ``capture`` points, apply ``interventions``.
 
@@ -133,8 +133,8 @@ def hooked(
     With ``cancel``, a forward pass stops with ``Cancelled`` at the next layer once the event
     is set, so Esc interrupts even one long pass; ``progress`` hears of each layer. With
     ``history``, the tap keeps every pass's capture (``tap.history``), as cached generation
-    steps need. With ``stop_before`` (a module path), the pass raises ``PassComplete`` as that
-    module starts: what ran before it captured is in the tap. Every hook, swapped module
+    steps need. With ``stop_after_capture``, the pass raises ``PassComplete`` once every capture
+    point and observer has its value (``stop_module``): the tap holds them all. Every hook, swapped module
     and attention-implementation change is undone on exit, also when the block raises.
     """
     tap = Tap(history=history)
@@ -175,9 +175,11 @@ def hooked(
                 handles.extend(_layer_checks(model, anatomy, cancel, progress))
             if any(item.needs_mask() for item in interventions):
                 handles.append(model.register_forward_pre_hook(_mask_recorder(mask), with_kwargs=True))
-            if stop_before is not None:
+            stop = stop_module(anatomy, [*capture_targets, *(target for target, _ in observed)]) \
+                if stop_after_capture else None
+            if stop is not None:
                 # registered after every site's hooks, so a pre-hook site on this module still runs first
-                handles.append(model.get_submodule(stop_before).register_forward_pre_hook(_stop))
+                handles.append(model.get_submodule(stop).register_forward_pre_hook(_stop))
             yield tap
     finally:
         for parent, attr, original in reversed(swaps):
@@ -246,7 +248,23 @@ def _returning_none(observe: Observer) -> Edit:
 
 
 class PassComplete(Exception):
-    """Raised by the ``stop_before`` hook: the rest of the pass is not needed (not an error)."""
+    """Raised by the ``stop_after_capture`` hook: the rest of the pass is not needed (not an error)."""
+
+
+def stop_module(anatomy: Anatomy, targets: Sequence[Target]) -> str | None:
+    """The module before which a pass may stop once ``targets`` have their values: the layer
+    after the last of them, or the final norm after the last layer; None when a point lies
+    elsewhere (the final norm or head themselves, an extra part whose order is not known here)
+    or the model has no final norm to stop at."""
+    order = [-1 if target.part.kind == "embed" and target.part.address == "embed" else target.layer
+             for target in targets]
+    if not order or any(position is None for position in order):
+        return None
+    after = max(position for position in order if position is not None) + 1
+    if after < anatomy.n_layers:
+        return anatomy.module_path_of(after, "").rstrip(".")
+    final = anatomy.by_address.get("final_norm")
+    return final.module_path if final is not None else None
 
 
 def _stop(module: nn.Module, args: tuple) -> None:

@@ -107,11 +107,11 @@ def run(
             extra["cache"] = cache
         if last_logits_only:
             extra["logits_to_keep"] = 1
-    stop = _stop_module(loaded, [*capture, *(observers or {})], use_cache or cache is not None) \
-        if stop_after_capture else None
+    if stop_after_capture and (use_cache or cache is not None):
+        raise GarageError("stop_after_capture cannot keep or continue a KV cache: the cache needs every layer")
     autograd = torch.enable_grad() if grad else torch.inference_mode()
-    with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel, history,
-                          observers=observers, edits=edits, progress=progress, stop_before=stop) as tap:
+    with autograd, hooked(loaded.model, loaded.anatomy, capture, interventions, cancel, history, observers=observers,
+                          edits=edits, progress=progress, stop_after_capture=stop_after_capture) as tap:
         try:
             output = loaded.model(input_ids=ids, **extra)
         except PassComplete:
@@ -119,26 +119,3 @@ def run(
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)
 
-
-def _stop_module(loaded: LoadedModel, addresses: Sequence[str], caching: bool) -> str | None:
-    """The module before which a pass may stop once ``addresses`` have their values: the layer
-    after the last of them, or the final norm after the last layer; None when a point lies
-    elsewhere (the final norm or head themselves, an extra part whose order is not known here)
-    or the model has no final norm to stop at. A pass that keeps a KV cache cannot stop: the
-    cache would be short of layers."""
-    from engine.addresses import resolve_point
-
-    if caching:
-        raise GarageError("stop_after_capture cannot keep or continue a KV cache: the cache needs every layer")
-    anatomy = loaded.anatomy
-    order = []
-    for address in addresses:
-        target = resolve_point(anatomy, address)
-        order.append(-1 if target.part.kind == "embed" and target.part.address == "embed" else target.layer)
-    if not order or any(position is None for position in order):
-        return None
-    after = max(position for position in order if position is not None) + 1
-    if after < anatomy.n_layers:
-        return anatomy.module_path_of(after, "").rstrip(".")
-    final = anatomy.by_address.get("final_norm")
-    return final.module_path if final is not None else None
