@@ -60,11 +60,16 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
         add(f"blk.{i}.ffn_up.weight", (FFN, HIDDEN))
         add(f"blk.{i}.ffn_down.weight", (HIDDEN, FFN), quantise=True)
     add("output_norm.weight", (HIDDEN,))
+    write_out(writer)
+    return path
+
+
+def write_out(writer) -> None:
+    """Write a filled ``gguf.GGUFWriter``'s header, metadata and tensors, and close it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 @pytest.fixture()

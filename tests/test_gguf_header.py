@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engine.gguf_header import GgufHeaderError, tensor_infos
+from tests.test_gguf_cache import write_out
 
 
 def _reader_table(path):
@@ -34,10 +35,7 @@ def test_tensor_table_of_a_written_file_equals_the_reader(tmp_path):
     writer.add_tensor("w.f32", np.ones((3, 5), dtype=np.float32))
     writer.add_tensor("w.f16", np.ones((64,), dtype=np.float16))
     writer.add_tensor("w.q8", np.zeros((2, 34), dtype=np.uint8), raw_dtype=GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     assert _table(path) == _reader_table(path)
     assert [row[1] for row in _table(path)] == ["F32", "F16", "Q8_0"]
 
@@ -56,10 +54,7 @@ def test_a_cut_short_gguf_is_one_clear_error(tmp_path):
     writer = GGUFWriter(str(path), "llama")
     writer.add_array("tokenizer.ggml.tokens", ["a", "b"] * 100)
     writer.add_tensor("w", np.ones((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     data = path.read_bytes()
     for cut in (10, 400, len(data) - 200 - 64):
         (tmp_path / f"cut{cut}.gguf").write_bytes(data[:cut])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engine.gguf_reader import FastGGUFReader, shared
+from tests.test_gguf_cache import write_out
 
 
 def _same_as_stock(path) -> int:
@@ -50,10 +51,7 @@ def test_every_kind_of_field_equals_the_stock_readers(tmp_path, endian):
     writer.add_float64("pi", 3.14)
     writer.add_tensor("w.f32", np.arange(15, dtype=np.float32).reshape(3, 5))
     writer.add_tensor("w.f16", np.ones((64,), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     assert _same_as_stock(path) >= 15
     fast = FastGGUFReader(path)
     assert fast.fields["tokenizer.ggml.tokens"].contents() == ["a", "bé", "", "long" * 50, "▁x"]
@@ -119,10 +117,7 @@ def test_a_cut_short_gguf_is_one_line_naming_the_file(tmp_path, monkeypatch, cap
     writer = GGUFWriter(str(whole), "llama")
     writer.add_array("tokenizer.ggml.tokens", [f"token{i}" for i in range(2000)])
     writer.add_tensor("w", np.ones((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     data = whole.read_bytes()
     cut.write_bytes(data[:int(len(data) * keep)])
     assert main(["inspect", str(cut)]) == 2
