@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from engine.errors import GarageError
 from engine.safe_text import shown
+from engine.stats_device import QUEUE_BYTES
 from engine.tensors import placed_tensors
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -287,8 +288,9 @@ def plan_structure(
     scores = batch * heads * seq * seq * element  # one layer's attention weights, softmaxed in place
     forward_sizes = [logits, scores, *layer_sizes]
     largest_site = max((numel for address, (numel, _, _) in shapes.items() if address in stats_points), default=0)
-    stats_transient = 5 * largest_site * 8  # the float64 copy and its centred powers in _Moments.of
-    stats_state = len(stats_points) * (stats_bins * 8 + 256)
+    stats_transient = 5 * largest_site * 8  # at most: the float64 scratch works in row chunks of the site
+    # each point's total, and the updates its accumulator queues before merging them in
+    stats_state = len(stats_points) * (stats_bins * 8 + 256 + QUEUE_BYTES)
 
     # With --device auto the peaks are the host's: the CPU share of the weights, plus one
     # disk-offloaded layer at a time, which accelerate reads in for its forward and drops again.

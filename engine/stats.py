@@ -18,7 +18,7 @@ from torch import Tensor
 from engine.interventions import Intervention
 from engine.loading import LoadedModel
 from engine.progress import Progress, scaled
-from engine.stats_device import NEAR_ZERO, GroupStats, StatsSummary, Workspace
+from engine.stats_device import NEAR_ZERO, GroupStats, StatsSummary, Workspace, summaries_of
 
 __all__ = ["NEAR_ZERO", "StatsSummary", "StreamingStats", "every_layer_and_head", "residual_norms",
            "stream_stats"]
@@ -79,9 +79,7 @@ def stream_stats(
         run(loaded, ids, interventions=interventions, observers=plan.observers, last_logits_only=True,
             stop_after_capture=True, cancel=cancel,
             progress=scaled(progress, index / len(batches), (index + 1) / len(batches)))
-    found: dict[str, StatsSummary] = {}
-    for group, names in plan.groups:
-        found.update(group.summaries(names))
+    found = summaries_of(plan.groups)  # every site's queue folded together, read in one copy
     return {address: found[address] for address in plan.order}
 
 

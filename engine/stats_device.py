@@ -4,9 +4,10 @@
 ``width`` numbers each, or one group for a whole residual) and folds every group's moments,
 extrema, near-zero count, per-row L2 norms and histogram into small ``[groups]`` tensors with
 batched ops: no ``.item()``, no Python loop over heads or tokens, so the forward pass never
-waits for an accelerator (on the CPU, where reading a flag waits for nothing, ``update`` reads
-one: whether the cheap float32 path below is exact for this value). ``summaries`` copies the
-accumulators to the host once, at the end.
+waits for an accelerator. On the CPU, where nothing waits, the histogram's placement is numpy
+math on the extremes (a few dozen tiny torch ops cost more than the data passes of a small
+value), which also tells whether the cheap float32 path below is exact for this value and
+which of its scalings it can skip. ``summaries`` copies the totals to the host once, at the end.
 
 Moments and norms are computed in float64 (the accumulators hold float64 too): a float32 pass
 would be cheaper but its mean and std drift by ~1e-7 relative, and the statistics promise
@@ -20,8 +21,11 @@ work is chunked never changes a bit of the result. The scratch lives in a ``Work
 reusable buffers (shared by every ``GroupStats`` of one sweep), written with ``out=`` and
 in-place ops: a fresh multi-megabyte buffer per hook call makes glibc's growing mmap threshold
 fragment the heap (hundreds of MB of peak RSS over a sweep), and costs page faults besides.
-Moments are taken about a shift and corrected exactly, then merged across calls with Pébay's
-pairwise formulas, so feeding a tensor in pieces gives the same summary as feeding it whole.
+Moments are taken about a shift and corrected exactly when merged. An update leaves its sums
+(``engine.stats_merge.Partial``) in a queue, and ``fold`` merges the queue into the total in a
+few batched ops, every ``FOLD_AFTER`` updates and before ``summaries``: the merge's hundred-odd
+tiny ops no longer run once per hook call. Feeding a tensor in pieces gives the same summary as
+feeding it whole.
 
 Histograms stay exact. Each group's bins have a power-of-two width ``w`` and start at a
 multiple of it, so a value's bin is ``floor(x / w) - low``: a power-of-two scaling and a floor,
@@ -30,9 +34,9 @@ that index is computed in float32 as ``floor(floor(x · a) · b)`` with ``a · b
 and ``b ≤ 1`` powers of two: scaling up first never underflows (a tiny negative value keeps
 its ``-1``), and ``floor(floor(y) / m) = floor(y / m)`` for whole ``m``. Anything else
 (non-finite values, huge indices, float64 values, an accelerator) takes the float64 index.
-A call picks the narrowest such width that holds its own finite range; merging two histograms
-picks the narrowest width that holds both ranges and is at least both widths, and every old
-bin then falls inside exactly one new bin. The counts always equal the full tensor's counts
+A call picks the narrowest such width that holds its own finite range; merging histograms picks
+the narrowest width that holds every range and is at least every width, and every old bin then
+falls inside exactly one new bin. The counts always equal the full tensor's counts
 over the final edges, whatever order the pieces came in.
 """
 
@@ -40,20 +44,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy
 import torch
 from torch import Tensor
 
 from engine.errors import GarageError
+from engine.stats_merge import F64, PARTIAL, TOTAL, Partial, Total, fold, fold_many, width_for
 
 NEAR_ZERO = 1e-3  # |x| at or below this counts toward sparsity
-# Widths never drop below 2^-RELATIVE_FLOOR of a group's largest |x|: bin indices then stay
-# below 2^45, so every index, offset and edge is an exact float64 integer (or multiple of w).
-RELATIVE_FLOOR = 45
-F64 = torch.float64
 F32 = torch.float32
 # numbers per block of rows: every sum of the moments is taken over one block (or one row), so
 # a block's size is fixed whatever the chunking; big enough that a block's matmul is efficient
@@ -64,6 +66,10 @@ CHUNK = 1 << 16
 # numbers per chunk of the float32 histogram pass, which reads each value once and gains
 # nothing from smaller chunks but fewer ops
 HIST_CHUNK = 1 << 19
+# updates queued before they are merged into the total: at most FOLD_AFTER, and at most
+# QUEUE_BYTES of them (an update queues (19 + bins) float64s per group; bins may be 100k)
+FOLD_AFTER = 64
+QUEUE_BYTES = 1 << 16
 SHORT_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 # integers below this magnitude, and the bin offsets subtracted from them, are exact in float32
 F32_EXACT = 2.0 ** 23
@@ -108,31 +114,6 @@ class StatsSummary:
         }
 
 
-@dataclass
-class _Moments:
-    """Per-group count (shared, a host int), mean and central moment sums M2..M4 (float64)."""
-
-    count: int
-    mean: Tensor
-    m2: Tensor
-    m3: Tensor
-    m4: Tensor
-
-    def merge(self, other: _Moments) -> _Moments:
-        """Pébay's pairwise merge: the moments of both streams together."""
-        na, nb = float(self.count), float(other.count)  # floats: na·nb·(na² …) overflows an int64
-        n = na + nb
-        delta = other.mean - self.mean
-        d_n = delta / n
-        m2 = self.m2 + other.m2 + delta * d_n * (na * nb)
-        m3 = (self.m3 + other.m3 + delta * d_n * d_n * (na * nb * (na - nb))
-              + 3.0 * d_n * (na * other.m2 - nb * self.m2))
-        m4 = (self.m4 + other.m4 + delta * d_n ** 3 * (na * nb * (na * na - na * nb + nb * nb))
-              + 6.0 * d_n * d_n * (na * na * other.m2 + nb * nb * self.m2)
-              + 4.0 * d_n * (na * other.m3 - nb * self.m3))
-        return _Moments(self.count + other.count, self.mean + d_n * nb, m2, m3, m4)
-
-
 class Workspace:
     """Reusable flat buffers, one per (role, dtype, device), grown when a bigger value comes.
 
@@ -145,10 +126,10 @@ class Workspace:
         self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
         # small tensors that depend on a site's shape only (slot bases, the spread pattern): made
         # once per sweep, not once per hook call
-        self.constants: dict[tuple, Tensor] = {}
+        self.constants: dict[tuple, Any] = {}
 
-    def constant(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
-        """The tensor ``make()`` gave for ``key`` the first time it was asked for."""
+    def constant(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The tensor (or host array) ``make()`` gave for ``key`` the first time it was asked for."""
         value = self.constants.get(key)
         if value is None:
             value = self.constants[key] = make()
@@ -185,15 +166,6 @@ def _blocks(rows: int, per_row: int) -> tuple[int, int]:
     return block_rows, max(1, CHUNK // (per_row * block_rows))
 
 
-def _from_sums(count: int, shift: Tensor, s1: Tensor, s2: Tensor, s3: Tensor, s4: Tensor) -> _Moments:
-    """Moments from the power sums of ``x - shift`` per group, corrected exactly for the shift."""
-    delta = s1 / count  # the true mean minus the shift
-    m2 = s2 - count * delta * delta
-    m3 = s3 - 3.0 * delta * s2 + 2.0 * count * delta ** 3
-    m4 = s4 - 4.0 * delta * s3 + 6.0 * delta * delta * s2 - 3.0 * count * delta ** 4
-    return _Moments(count, shift.reshape(-1) + delta, m2, m3, m4)
-
-
 def _finite_extremes(raw: Tensor, workspace: Workspace) -> tuple[Tensor, Tensor]:
     """Per group, the least and greatest finite value of ``raw`` (inf/NaN have no bin), as float64;
     ``low > high`` for a group with none. Exact in ``raw``'s own dtype."""
@@ -207,22 +179,6 @@ def _finite_extremes(raw: Tensor, workspace: Workspace) -> tuple[Tensor, Tensor]
     return torch.stack(lows).amin(0).to(F64), torch.stack(highs).amax(0).to(F64)
 
 
-def _width_for(low: Tensor, high: Tensor, bins: int, at_least: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per group: the narrowest power-of-two width (≥ ``at_least``) whose ``bins`` aligned bins
-    hold ``[low, high]``, and the first bin's index (``floor(low / width)``)."""
-    # a floor of 2^-900, not less: a subnormal width would make 1/width inf and an all-zero group's 0·inf NaN
-    absmax = torch.maximum(low.abs(), high.abs()).clamp_min(2.0 ** -900)
-    floor = torch.exp2(torch.ceil(torch.log2(absmax)) - RELATIVE_FLOOR)
-    width = torch.maximum(torch.exp2(torch.ceil(torch.log2((high - low) / bins))), floor)
-    if at_least is not None:
-        width = torch.maximum(width, at_least)
-    # a rounding hair or the alignment can need a doubling: floor(high/w) - floor(low/w) < range/w + 1
-    # ≤ bins·(1 + 1e-15) + 1, so after one doubling it is < bins/2 + 1 + 1e-15 ≤ bins - 1 for bins ≥ 4
-    for _ in range(1 if bins >= 4 else 2):
-        width = torch.where(torch.floor(high / width) - torch.floor(low / width) >= bins, 2 * width, width)
-    return width, torch.floor(low / width)
-
-
 class _Histogram:
     """One call's bin counts per group over the finite range ``[low, high]``, filled a chunk at a time."""
 
@@ -231,49 +187,69 @@ class _Histogram:
         """``may_be_empty``: ``low > high`` can mark a group with no finite value (from ``_finite_extremes``);
         ``workspace`` keeps the shape-only constants across calls."""
         groups = low.shape[0]
+        # on the CPU the placement's few dozen tiny ops run as numpy on views of the extremes: the
+        # same float64 arithmetic at a fraction of torch's per-op cost, and nothing to wait for
+        self.host = device.type == "cpu"
+        xp: Any = numpy if self.host else torch
+        lo: Any = low.numpy() if self.host else low
+        hi: Any = high.numpy() if self.host else high
         if may_be_empty:
-            empty = low > high
-            low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
-        self.width, self.first = _width_for(low, high, bins)
+            empty = lo > hi
+            lo, hi = xp.where(empty, 0.0, lo), xp.where(empty, 0.0, hi)
+        width, first = width_for(lo, hi, bins, xp=xp)
         # slot of x in group g: base_g + floor(x / w_g) - first_g, base_g = 1 + g (bins + 2); every
         # finite value lands inside its group's bins by construction, and what has no bin goes
         # to a slot that is dropped: NaN and -inf to slot 0, +inf to the last one
         workspace = workspace if workspace is not None else Workspace()
         self.workspace = workspace
         base = workspace.constant(("base", groups, bins, device),
-                                  lambda: torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1)
-        self.scale = 1.0 / self.width
-        self.offset = self.first - base
+                                  lambda: xp.arange(groups, dtype=xp.float64) * (bins + 2) + 1 if self.host
+                                  else torch.arange(groups, device=device, dtype=F64) * (bins + 2) + 1)
+        scale, offset = 1.0 / width, first - base
+        self.placement = (lo, hi, first, scale, offset)
+        if self.host:
+            width, first, scale, offset = (torch.from_numpy(value) for value in (width, first, scale, offset))
+        self.width, self.first, self.scale, self.offset = width, first, scale, offset
         self.bins, self.groups = bins, groups
         self.slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=device)
 
-    def float32_exact(self, low: Tensor, high: Tensor, width: int) -> Tensor:
-        """Whether ``add_float32`` bins every value of ``[low, high]`` exactly (a 0-dim bool tensor,
-        false for a NaN or infinite extreme): every scaled value and every offset below 2^23,
-        where float32 holds integers exactly. Keeps the float32 factors for ``add_float32`` on
-        rows of ``width`` numbers."""
-        up = torch.clamp(self.scale, min=1.0)  # a: widths below 1 scale up here …
-        down = torch.clamp(self.scale, max=1.0)  # b: … and widths of 1 or more divide here
-        # and a itself a float32 number: a below 2^100 (a width below 2^-100 comes only with
-        # values below 2^-55) is up · 2^-77 below 2^23
-        bound = torch.stack([torch.maximum(low.abs(), high.abs()) * up, self.first.abs() + self.bins,
-                             up * 2.0 ** -77]).amax(0)
-        factors = torch.stack([up, down]).to(F32).view(2, 1, self.groups, 1)
-        self.up, self.down = factors[0], factors[1]
+    def float32_exact(self, width: int) -> tuple[bool, bool, bool]:
+        """On the CPU: whether ``add_float32`` bins every value of ``[low, high]`` exactly (false
+        for a NaN or infinite extreme: every scaled value and every offset below 2^23, where
+        float32 holds integers exactly), whether every width is at most 1 and whether every
+        width is at least 1 (``add_float32`` then skips a scaling). Keeps the float32 factors for
+        ``add_float32`` on rows of ``width`` numbers."""
+        low, high, first, scale, offset = self.placement
+        with numpy.errstate(all="ignore"):
+            up = numpy.maximum(scale, 1.0)  # a: widths below 1 scale up here …
+            down = numpy.minimum(scale, 1.0)  # b: … and widths of 1 or more divide here
+            # and a itself a float32 number: a below 2^100 (a width below 2^-100 comes only with
+            # values below 2^-55) is up · 2^-77 below 2^23
+            bound = numpy.stack([numpy.maximum(abs(low), abs(high)) * up, abs(first) + self.bins, up * 2.0 ** -77])
+            exact = bool((bound < F32_EXACT).all())
+            # (where it is not, a factor may overflow float32: that path never runs)
+            up32, down32, offset32 = (value.astype(numpy.float32) for value in (up, down, offset))
+        self.up, self.down = (torch.from_numpy(factor).view(1, self.groups, 1) for factor in (up32, down32))
         # neighbouring values count into two copies of the slots (a run of equal bins then does
         # not wait on one counter): odd positions of a row shift into the second copy
         slots = self.slots.numel()
-        odd = self.workspace.constant(
-            ("odd", width, slots, low.device),
-            lambda: torch.arange(width, dtype=F32, device=low.device).remainder_(2).mul_(slots))
-        self.spread_offset = self.offset.to(F32).view(1, self.groups, 1) - odd
-        return (bound < F32_EXACT).all()
+        odd = self.workspace.constant(("odd", width, slots),
+                                      lambda: (numpy.arange(width) % 2 * slots).astype(numpy.float32))
+        self.spread_offset = torch.from_numpy(offset32[:, None] - odd).view(1, self.groups, width)
+        self.fine, self.coarse = bool((down == 1.0).all()), bool((up == 1.0).all())
+        return exact, self.fine, self.coarse
 
     def add_float32(self, part: Tensor, workspace: Workspace) -> Tensor:
         """Count ``part`` (``[rows, groups, width]``, float32, ``float32_exact``); returns the
         scratch it worked in, free again."""
         scaled = workspace.take("scaled", part.shape, F32, part.device)
-        torch.mul(part, self.up, out=scaled).floor_().mul_(self.down).floor_().sub_(self.spread_offset)
+        if self.fine:
+            torch.mul(part, self.up, out=scaled).floor_()
+        elif self.coarse:
+            torch.floor(part, out=scaled).mul_(self.down).floor_()
+        else:
+            torch.mul(part, self.up, out=scaled).floor_().mul_(self.down).floor_()
+        scaled.sub_(self.spread_offset)
         self._count(scaled, workspace, spread=2)
         return scaled
 
@@ -337,9 +313,9 @@ class GroupStats:
         self.near_zero = near_zero
         self.near_zero32 = _largest_float32_at_most(near_zero)
         self.width = 0
-        self.moments: _Moments | None = None
-        self.norms: _Moments | None = None  # only mean and M2 are read
-        self.state: dict[str, Tensor] = {}
+        self.total: Total | None = None
+        self.pending: list[Partial] = []  # updates not merged into the total yet
+        self.fold_after = max(1, min(FOLD_AFTER, QUEUE_BYTES // (groups * (len(PARTIAL) + self.bins) * 8)))
 
     def update(self, grouped: Tensor) -> None:
         """Fold ``grouped`` (``[rows, groups, width]``) in, without waiting for an accelerator."""
@@ -372,19 +348,19 @@ class GroupStats:
             low, high = raw.amin(0).amin(-1), raw.amax(0).amax(-1)  # exact in any dtype; NaN if a NaN is there
         else:
             low, high = raw.amin(dims), raw.amax(dims)
-        finite_low, finite_high = low.to(F64), high.to(F64)
+        finite_low, finite_high = low64, high64 = low.to(F64), high.to(F64)
         # two copies of the slots below 2^22: offsets and slots then stay exact float32 integers
         short = raw.dtype in SHORT_FLOATS and max(width, 4 * groups * (self.bins + 2)) < F32_EXACT
         fast = clean = False
         hist: _Histogram | None = None
         if device.type == "cpu":
-            # the one flag read (no wait on the CPU). Short floats: the float32 bin index is exact,
+            # host decisions (no wait on the CPU). Short floats: the float32 bin index is exact,
             # which needs finite extremes; other dtypes: every value is finite. Finite extremes
             # place the histogram, and no value needs a dropped slot.
             if short:
                 hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False,
                                   workspace=workspace)
-                fast = bool(hist.float32_exact(finite_low, finite_high, width))
+                fast = hist.float32_exact(width)[0]
                 # a constant group (a zero-ablated head) pins its width too fine for float32 indices;
                 # finite extremes still let the float64 pass skip the finite-extremes scan
                 clean = not fast and bool(torch.isfinite(finite_low + finite_high).all())
@@ -404,23 +380,20 @@ class GroupStats:
         sums = self._moment_pass(raw, shift, None if fast else hist, clean)
         if fast:
             self._float32_pass(raw, hist, sums)
-        chunk = {
-            "low": low, "high": high, "finite_low": finite_low, "finite_high": finite_high,
-            "near_zero": sums.near, "norm_low": sums.norms.amin(0), "norm_high": sums.norms.amax(0),
-            "hist_width": hist.width, "hist_first": hist.first, "hist_counts": hist.counts(),
-        }
+        # the merge with what came before waits for ``fold``: a few batched ops for many updates
         grams = sums.grams.sum(0)  # [groups, 2, 2]
-        moments = _from_sums(rows * width, shift, sums.first.sum(0), grams[:, 0, 0], grams[:, 0, 1], grams[:, 1, 1])
-        # the norms' M3 and M4 are never read: zeros, not two more passes
         norm_mean = sums.norms.mean(0)
-        unread = torch.zeros_like(norm_mean)
-        norm_moments = _Moments(rows, norm_mean, torch.sub(sums.norms, norm_mean).square_().sum(0), unread, unread)
-        if self.moments is None or self.norms is None:
-            self.moments, self.norms, self.state = moments, norm_moments, chunk
-            return
-        self.moments = self.moments.merge(moments)
-        self.norms = self.norms.merge(norm_moments)
-        self.state = self._merged(self.state, chunk)
+        norm_m2 = torch.sub(sums.norms, norm_mean).square_().sum(0)
+        columns = [shift.reshape(-1), sums.first.sum(0), norm_mean, norm_m2, low64, high64, finite_low,
+                   finite_high, sums.near, sums.norms.amin(0), sums.norms.amax(0), hist.width, hist.first]
+        self.pending.append(Partial.pack(rows * width, rows, grams, columns, hist.counts()))
+        if len(self.pending) >= self.fold_after:
+            self.fold()
+
+    def fold(self) -> None:
+        """Merge the pending updates into the total (batched ops, no host read)."""
+        if self.pending:
+            self.total, self.pending = fold(self.total, self.pending, self.bins), []
 
     def _moment_pass(self, raw: Tensor, shift: Tensor, hist: _Histogram | None, clean: bool) -> _Sums:
         """Per-row norms and Σd, per-block Σd², Σd³, Σd⁴ of ``d = x - shift``; the histogram and
@@ -435,10 +408,10 @@ class GroupStats:
             blocks = min(chunk_blocks, whole - first)
             if not views or views[0].shape[0] != blocks:
                 views = self._planes(blocks, block_rows, groups, width, raw.device)
-            self._fold(raw, first, blocks, block_rows, shift, views, sums, hist, clean)
+            self._fold_blocks(raw, first, blocks, block_rows, shift, views, sums, hist, clean)
         if rows > whole * block_rows:  # the short block at the end (when no divisor was near)
             views = self._planes(1, rows - whole * block_rows, groups, width, raw.device)
-            self._fold(raw, whole, 1, block_rows, shift, views, sums, hist, clean)
+            self._fold_blocks(raw, whole, 1, block_rows, shift, views, sums, hist, clean)
         return sums
 
     def _planes(self, blocks: int, per: int, groups: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
@@ -448,8 +421,8 @@ class GroupStats:
         matrices = planes.view(blocks * groups, 2, per * width)
         return planes, planes[:, :, 0], planes[:, :, 1], matrices, matrices.transpose(1, 2)
 
-    def _fold(self, raw: Tensor, first: int, blocks: int, block_rows: int, shift: Tensor, views: tuple[Tensor, ...],
-              sums: _Sums, hist: _Histogram | None, clean: bool) -> None:
+    def _fold_blocks(self, raw: Tensor, first: int, blocks: int, block_rows: int, shift: Tensor,
+                     views: tuple[Tensor, ...], sums: _Sums, hist: _Histogram | None, clean: bool) -> None:
         """Blocks ``first …`` (``views``' shape; the last may be short) into ``sums``."""
         _, groups, width = raw.shape
         planes, d, square, matrices, transposed = views
@@ -479,53 +452,56 @@ class GroupStats:
             # (rows first, then width, as for the extremes: whole-number sums, so the order changes nothing)
             sums.near += torch.abs(part, out=scratch).le_(self.near_zero32).sum(0).sum(-1)
 
-    def _merged(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
-        low = torch.minimum(a["finite_low"], b["finite_low"])
-        high = torch.maximum(a["finite_high"], b["finite_high"])
-        empty = low > high
-        width, first = _width_for(torch.where(empty, 0.0, low), torch.where(empty, 0.0, high), self.bins,
-                                  torch.maximum(a["hist_width"], b["hist_width"]))
-        counts = torch.zeros_like(a["hist_counts"])
-        steps = torch.arange(self.bins, device=width.device, dtype=F64)
-        for part in (a, b):
-            # each old bin starts at (first + k) w_old and lies inside new bin floor(start / w_new)
-            ratio = (width / part["hist_width"]).unsqueeze(1)
-            index = torch.floor((part["hist_first"].unsqueeze(1) + steps) / ratio) - first.unsqueeze(1)
-            counts.scatter_add_(1, index.clamp_(0, self.bins - 1).long(), part["hist_counts"])
-        return {
-            "low": torch.minimum(a["low"], b["low"]), "high": torch.maximum(a["high"], b["high"]),
-            "finite_low": low, "finite_high": high, "near_zero": a["near_zero"] + b["near_zero"],
-            "norm_low": torch.minimum(a["norm_low"], b["norm_low"]),
-            "norm_high": torch.maximum(a["norm_high"], b["norm_high"]),
-            "hist_width": width, "hist_first": first, "hist_counts": counts,
-        }
-
     def summaries(self, names: Mapping[int, str]) -> dict[str, StatsSummary]:
         """The summary of each group named in ``names`` (``{group: address}``), read from the
         device in one copy."""
-        if self.moments is None or self.norms is None:  # nothing streamed in
-            zero_norms = {"mean": 0.0, "std": 0.0, "count": 0, "min": 0.0, "max": 0.0}
-            return {address: StatsSummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, dict(zero_norms), [0] * self.bins,
-                                          [0.0] * (self.bins + 1), address, self.width) for address in names.values()}
-        m, norms, s = self.moments, self.norms, self.state
-        floats = torch.stack([m.mean, m.m2, m.m3, m.m4, norms.mean, norms.m2, s["low"].to(F64), s["high"].to(F64),
-                              s["near_zero"].to(F64), s["norm_low"].to(F64), s["norm_high"].to(F64),
-                              s["hist_width"], s["hist_first"]], dim=1).cpu().tolist()
-        counts = s["hist_counts"].cpu().tolist()
-        return {address: self._summary(address, floats[g], counts[g], m.count, norms.count)
-                for g, address in names.items()}
+        return summaries_of([(self, names)])
 
-    def _summary(self, address: str, row: list[float], counts: list[int], n: int, rows: int) -> StatsSummary:
-        mean, m2, _m3, m4, norm_mean, norm_m2, low, high, near_zero, norm_low, norm_high, width, first = row
+    def empty_summary(self, address: str) -> StatsSummary:
+        """The summary of a group nothing was streamed into."""
+        zero_norms = {"mean": 0.0, "std": 0.0, "count": 0, "min": 0.0, "max": 0.0}
+        return StatsSummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, zero_norms, [0] * self.bins,
+                            [0.0] * (self.bins + 1), address, self.width)
+
+    def _summary(self, address: str, row: dict[str, float], counts: list[int], n: int, rows: int) -> StatsSummary:
+        mean, m2, m4 = row["mean"], row["m2"], row["m4"]
+        low, high, width, first = row["low"], row["high"], row["hist_width"], row["hist_first"]
         kurtosis = n * m4 / (m2 * m2) - 3.0 if m2 > 0 else 0.0
         return StatsSummary(
             count=n, mean=mean, std=_sqrt(m2 / n), rms=_sqrt((m2 + n * mean * mean) / n),
-            min=low, max=high, absmax=max(abs(low), abs(high)), sparsity=near_zero / n, kurtosis=kurtosis,
-            token_l2={"mean": norm_mean, "std": _sqrt(norm_m2 / rows), "count": rows,
-                      "min": norm_low, "max": norm_high},
+            min=low, max=high, absmax=max(abs(low), abs(high)), sparsity=row["near_zero"] / n, kurtosis=kurtosis,
+            token_l2={"mean": row["norm_mean"], "std": _sqrt(row["norm_m2"] / rows), "count": rows,
+                      "min": row["norm_low"], "max": row["norm_high"]},
             hist_counts=[int(c) for c in counts], hist_edges=[(first + k) * width for k in range(self.bins + 1)],
             address=address, width=self.width,
         )
+
+
+def summaries_of(accumulators: Sequence[tuple[GroupStats, Mapping[int, str]]]) -> dict[str, StatsSummary]:
+    """The summaries of several accumulators (``(stats, {group: address})``, as ``summaries``):
+    their queued updates folded together and every total read from the device in one copy."""
+    waiting = [stats for stats, _ in accumulators if stats.pending]
+    by_kind: dict[tuple[int, torch.device], list[GroupStats]] = {}
+    for stats in waiting:
+        by_kind.setdefault((stats.bins, stats.pending[0].floats.device), []).append(stats)
+    for (bins, _), members in by_kind.items():
+        for stats, total in zip(members, fold_many([(m.total, m.pending) for m in members], bins), strict=True):
+            stats.total, stats.pending = total, []
+    read = [stats.total for stats, _ in accumulators if stats.total is not None]
+    floats = torch.cat([total.floats for total in read]).cpu().tolist() if read else []
+    counts = torch.cat([total.counts.reshape(-1) for total in read]).cpu().tolist() if read else []
+    found: dict[str, StatsSummary] = {}
+    row = spot = 0
+    for stats, names in accumulators:
+        if stats.total is None:  # nothing streamed in
+            found.update({address: stats.empty_summary(address) for address in names.values()})
+            continue
+        for g, address in names.items():
+            found[address] = stats._summary(address, dict(zip(TOTAL, floats[row + g], strict=True)),
+                                            counts[spot + g * stats.bins:spot + (g + 1) * stats.bins],
+                                            stats.total.count, stats.total.rows)
+        row, spot = row + stats.groups, spot + stats.groups * stats.bins
+    return found
 
 
 def _sqrt(value: float) -> float:

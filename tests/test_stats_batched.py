@@ -74,7 +74,7 @@ def test_update_never_waits_for_the_host(monkeypatch):
     """No .item()/.tolist()/bool()/float() inside update off the CPU: the forward pass never syncs.
 
     Meta tensors take the accelerator path (no data, so any host read fails); on the CPU, where
-    reading a flag waits for nothing, update reads exactly one: whether every value is finite.
+    nothing waits, the histogram's placement and the float32 path's flags are numpy math on the extremes.
     """
     values = _heavy_tailed()
     stats, off_cpu = GroupStats(values.shape[1], 16), GroupStats(values.shape[1], 16)
@@ -87,14 +87,18 @@ def test_update_never_waits_for_the_host(monkeypatch):
         for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
             patched.setattr(torch.Tensor, name, refuse)
         off_cpu.update(values[:40].to("meta"))
-        off_cpu.update(values[40:].to("meta"))  # the merge path too
-        patched.undo()  # the CPU: count the flags read instead
-        original = torch.Tensor.__bool__
-        patched.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t.numel()) or original(t))
+        off_cpu.update(values[40:].to("meta"))
+        off_cpu.fold()  # the merge path too
+        off_cpu.update(values[40:].to("meta"))
+        off_cpu.fold()  # and a merge into a total
+        patched.undo()  # the CPU: count the host reads instead
+        for name in ("__bool__", "tolist"):
+            original = getattr(torch.Tensor, name)
+            patched.setattr(torch.Tensor, name, lambda t, original=original: reads.append(t.numel()) or original(t))
         stats.update(values[:40])
         stats.update(values[40:])
-    assert off_cpu.state["hist_counts"].shape == (values.shape[1], 16)
-    assert reads == [1, 1]  # one flag per update on the CPU
+    assert off_cpu.total is not None and off_cpu.total.counts.shape == (values.shape[1], 16)
+    assert reads == []  # the CPU's flags come from host math on the extremes, not from reading tensors
     assert sum(stats.summaries({1: "h1"})["h1"].hist_counts) == 40 * 12 + 56 * 12
 
 
@@ -253,25 +257,29 @@ def test_a_short_last_block_is_counted_once():
         assert got[name].hist_counts == _reference_counts(got[name].hist_edges, x)
 
 
-@pytest.mark.parametrize("scale", [1e-6, 1.0, 300.0, 5e5])
-def test_the_float32_bin_index_equals_the_float64_one(scale, monkeypatch):
+@pytest.mark.parametrize("scales", [(1e-6, 1e-6), (1.0, 1.0), (300.0, 300.0), (5e5, 5e5), (1e-3, 300.0)])
+def test_the_float32_bin_index_equals_the_float64_one(scales, monkeypatch):
     """Values on and a hair either side of bin edges, tiny negatives and subnormals, at widths
-    below and above 1: the float32 index path counts what the float64 path counts."""
+    below and above 1 in both groups or one of each (each path of the float32 index): the
+    float32 index path counts what the float64 path counts."""
     calls = []
     add_float32 = stats_device._Histogram.add_float32
     monkeypatch.setattr(stats_device._Histogram, "add_float32",
-                        lambda self, *args: calls.append(1) or add_float32(self, *args))
+                        lambda self, *args: calls.append((self.fine, self.coarse)) or add_float32(self, *args))
     torch.manual_seed(9)
-    values = torch.randn(64, 2, 33) * scale
-    edge = 2.0 ** math.floor(math.log2(scale))  # a likely bin width or a multiple of it
-    specials = torch.tensor([0.0, -0.0, -1e-30, 1e-30, -1e-45, 1e-45, -edge, edge, 3 * edge, -3 * edge])
-    specials = torch.cat([specials, torch.nextafter(specials, torch.tensor(math.inf)),
-                          torch.nextafter(specials, torch.tensor(-math.inf))])
-    values[0, :, :specials.numel()] = specials
+    values = torch.randn(64, 2, 33) * torch.tensor(scales).view(1, 2, 1)
+    for group, scale in enumerate(scales):
+        edge = 2.0 ** math.floor(math.log2(scale))  # a likely bin width or a multiple of it
+        specials = torch.tensor([0.0, -0.0, -1e-30, 1e-30, -1e-45, 1e-45, -edge, edge, 3 * edge, -3 * edge])
+        specials = torch.cat([specials, torch.nextafter(specials, torch.tensor(math.inf)),
+                              torch.nextafter(specials, torch.tensor(-math.inf))])
+        values[0, group, :specials.numel()] = specials
     fast, slow = GroupStats(2, 64), GroupStats(2, 64)
     fast.update(values)  # float32: the float32 index
     slow.update(values.double())  # float64: the float64 index, over the same numbers
-    assert calls == [1]  # the float32 path ran for the float32 values only
+    # the float32 path ran for the float32 values only, skipping the scaling that is 1 in both groups
+    fine, coarse = scales[1] < 10, scales[0] > 10
+    assert calls == [(fine, coarse)]
     for g in range(2):
         a, b = (s.summaries({g: "x"})["x"] for s in (fast, slow))
         assert a.hist_edges == b.hist_edges
@@ -313,3 +321,60 @@ def test_an_update_runs_on_one_cpu_thread_and_gives_the_same_bits_at_any_thread_
         assert torch.get_num_threads() == 2  # restored when the update raises too
     finally:
         torch.set_num_threads(before)
+
+
+def test_many_updates_fold_into_the_whole_values_statistics(monkeypatch):
+    # merges wait in a queue and fold in batches: folds mid-stream (a total plus a queue) and the
+    # last one at summaries() give the whole value's numbers
+    monkeypatch.setattr(stats_device, "FOLD_AFTER", 7)
+    torch.manual_seed(11)
+    values = torch.randn(564, 3, 16) * torch.tensor([0.02, 1.5, 80.0]).view(1, 3, 1)
+    values += torch.tensor([5.0, -0.3, 0.0]).view(1, 3, 1)
+    values[::17, 2] *= 30.0
+    whole, pieces = GroupStats(3, 32), GroupStats(3, 32)
+    whole.update(values)
+    sizes = [1, 5, 30, 2, 9] * 12  # 60 updates of uneven sizes (all 564 rows): eight folds on the way
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    for start, size in zip(starts, sizes, strict=True):
+        pieces.update(values[start:start + size])
+    assert len(pieces.pending) == 60 % 7 and pieces.total is not None
+    names = {g: f"g{g}" for g in range(3)}
+    got, want = pieces.summaries(names), whole.summaries(names)
+    for g, name in names.items():
+        a, b = got[name], want[name]
+        x = values[:, g].double()
+        assert a.count == x.numel() and a.token_l2["count"] == sum(sizes)
+        assert a.hist_counts == _reference_counts(a.hist_edges, x)  # exact over the final edges
+        assert math.isclose(a.mean, float(x.mean()), rel_tol=1e-12)
+        assert math.isclose(a.std, float(x.std(unbiased=False)), rel_tol=1e-12)
+        centred = x - x.mean()
+        assert math.isclose(a.kurtosis, float(centred.pow(4).mean() / centred.square().mean().square() - 3.0),
+                            rel_tol=1e-9)
+        norms = x.norm(dim=-1)
+        assert math.isclose(a.token_l2["mean"], float(norms.mean()), rel_tol=1e-12)
+        assert math.isclose(a.token_l2["std"], float(norms.std(unbiased=False)), rel_tol=1e-9)
+        assert (a.min, a.max, a.token_l2["min"], a.token_l2["max"]) == (float(x.min()), float(x.max()),
+                                                                        float(norms.min()), float(norms.max()))
+        assert a.sparsity == float((x.abs() <= 1e-3).sum()) / x.numel()
+        assert math.isclose(a.kurtosis, b.kurtosis, rel_tol=1e-9) and a.hist_edges[0] <= b.hist_edges[0]
+
+
+def test_a_sweep_folds_every_accumulator_together_and_reads_each_as_alone(monkeypatch):
+    # accumulators of different group counts, queue lengths, with and without a total, and one
+    # never fed: read together (one fold per kind, one copy) each equals its own summaries()
+    monkeypatch.setattr(stats_device, "FOLD_AFTER", 3)
+    torch.manual_seed(12)
+    feeds = {(4, 1): [torch.randn(20, 4, 6) * 3], (1, 1): [torch.randn(9, 1, 30) + 2],
+             (4, 2): [torch.randn(11, 4, 6) for _ in range(5)], (2, 0): []}
+    together, alone = {}, {}
+    for (groups, key), values in feeds.items():
+        together[groups, key], alone[groups, key] = GroupStats(groups, 16), GroupStats(groups, 16)
+        for value in values:
+            together[groups, key].update(value)
+            alone[groups, key].update(value)
+    assert together[4, 2].total is not None and len(together[4, 2].pending) == 2
+    names = {key: {g: f"{key}:g{g}" for g in range(key[0])} for key in feeds}
+    got = stats_device.summaries_of([(together[key], names[key]) for key in feeds])
+    want = {address: summary for key in feeds for address, summary in alone[key].summaries(names[key]).items()}
+    assert {a: s.to_dict() for a, s in got.items()} == {a: s.to_dict() for a, s in want.items()}
+    assert got["(2, 0):g1"].count == 0 and got["(4, 2):g3"].count == 5 * 11 * 6
