@@ -1290,10 +1290,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args.worker, args.payload)
-    if args.peer_venv:
-        return rerun_in_peer_venv(Path(args.peer_venv), argv if argv is not None else sys.argv[1:])
     if args.hf_dir.startswith("garage:"):
+        # resolved here: the bundled model's package is in the project's venv, not the peers'
         args.hf_dir = garage_folder(args.hf_dir.removeprefix("garage:"))
+    if args.peer_venv:
+        given = argv if argv is not None else sys.argv[1:]
+        return rerun_in_peer_venv(Path(args.peer_venv), [*given, "--hf-dir", args.hf_dir])
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
