@@ -66,6 +66,19 @@ def _stats(addresses):
     return build
 
 
+def _stats_per_row(addresses):
+    """Statistics over the batch fed one row at a time: four passes, four updates per site, merged."""
+    def build(z, ids):
+        from engine.stats import stream_stats
+
+        g = _engine(z.model_dir)
+        chosen = addresses(g)
+        rows = list(ids.split(1))
+        return lambda: stream_stats(g, rows, chosen)
+
+    return build
+
+
 def _ablate(g, ids):
     from engine.interventions import ablate
 
@@ -110,6 +123,11 @@ def smollm2_cases():
         # every decoder layer, neither the final norm nor the head: what a stats sweep runs
         return lambda: body(ids, output_hidden_states=False).last_hidden_state
 
+    def hf_layers_per_row(z, ids):
+        body = z["sdpa"].model
+        rows = list(ids.split(1))
+        return lambda: [body(row, output_hidden_states=False).last_hidden_state for row in rows]
+
     return {
         "hf_last_logits": (hf_last_logits, "hf_last_logits", "HF forward, logits of the last position only"),
         # stream_stats stops after the last layer it observes (stop_after_capture): its like-for-like
@@ -124,6 +142,11 @@ def smollm2_cases():
                                     "garage streaming stats, every layer + head (300 addresses)"),
         "garage_stream_stats_layers": (_stats(_layers), "hf_layers_only",
                                        "garage streaming stats, 30 layer outputs"),
+        "hf_layers_per_row": (hf_layers_per_row, "hf_layers_per_row",
+                              "HF decoder layers alone, the batch's rows as four passes"),
+        # small passes: each update's fixed cost (placement, merging) weighs more than its data passes
+        "garage_stream_stats_all_per_row": (_stats_per_row(every_layer_and_head), "hf_layers_per_row",
+                                            "garage streaming stats, every layer + head, rows as four passes"),
         "garage_ablate_head": (_runner(interventions=_ablate), "hf_plain", "garage zero-ablate L10.attn.h3"),
         "garage_scale_head": (_runner(interventions=_scale), "hf_plain", "garage scale L10.attn.h3 by 0.5"),
         "garage_steer_layer": (_runner(interventions=_steer), "hf_plain", "garage steer L10 by a vector"),
