@@ -35,7 +35,6 @@ PARTIAL = ("count", "rows", "shift", "s1", "norm_mean", "norm_m2", "low", "high"
 # the columns of the total's float rows: the power sums are moments about the mean by then
 TOTAL = ("count", "rows", "mean", "m2", "m3", "m4", "norm_mean", "norm_m2", "low", "high", "finite_low",
          "finite_high", "near_zero", "norm_low", "norm_high", "hist_width", "hist_first")
-COLUMN = {name: index for index, name in enumerate(TOTAL)}
 
 
 def width_for(low: Any, high: Any, bins: int, at_least: Any = None, xp: Any = torch) -> tuple[Any, Any]:
@@ -87,9 +86,6 @@ class Total:
     floats: Tensor
     counts: Tensor
 
-    def column(self, name: str) -> Tensor:
-        return self.floats[:, COLUMN[name]]
-
 
 def fold(total: Total | None, pending: list[Partial], bins: int) -> Total:
     """The total of ``total`` (if any) and every partial in ``pending``."""
@@ -97,8 +93,8 @@ def fold(total: Total | None, pending: list[Partial], bins: int) -> Total:
 
 
 def fold_many(accumulators: list[tuple[Total | None, list[Partial]]], bins: int) -> list[Total]:
-    """Each accumulator's new total (``(total or None, pending)``, all with ``bins`` bins, on one
-    device), folded together: accumulators with as many pending updates, and a total or none
+    """Each accumulator's new total (``(total or None, pending)``, at least one update pending, all
+    with ``bins`` bins, on one device), folded together: accumulators with as many pending updates, and a total or none
     alike, share one set of batched ops along the groups axis (a sweep's sites fold at once)."""
     buckets: dict[tuple[int, bool], list[int]] = {}
     for index, (total, pending) in enumerate(accumulators):

@@ -378,3 +378,17 @@ def test_a_sweep_folds_every_accumulator_together_and_reads_each_as_alone(monkey
     want = {address: summary for key in feeds for address, summary in alone[key].summaries(names[key]).items()}
     assert {a: s.to_dict() for a, s in got.items()} == {a: s.to_dict() for a, s in want.items()}
     assert got["(2, 0):g1"].count == 0 and got["(4, 2):g3"].count == 5 * 11 * 6
+
+
+def test_the_queue_of_updates_stays_small_with_many_bins():
+    # an update queues (19 + bins) float64s per group: wide histograms fold at once, narrow ones wait
+    wide, narrow = GroupStats(4, 4096), GroupStats(1, 16)
+    for _ in range(3):
+        wide.update(torch.randn(10, 4, 8))
+        narrow.update(torch.randn(10, 1, 8))
+    assert wide.fold_after == 1 and wide.pending == [] and wide.total is not None
+    assert len(narrow.pending) == 3 and narrow.total is None
+    queued = narrow.fold_after * sum(t.numel() * t.element_size() for t in (narrow.pending[0].floats,
+                                                                           narrow.pending[0].counts))
+    assert queued <= stats_device.QUEUE_BYTES
+    assert sum(wide.summaries({0: "a"})["a"].hist_counts) == 3 * 10 * 8
