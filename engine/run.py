@@ -118,4 +118,3 @@ def run(
             return RunOutput(None, tap, ids)
     main = output.logits if hasattr(output, "logits") else output.last_hidden_state
     return RunOutput(main, tap, ids, getattr(output, "cache", None) if use_cache else None)
-

@@ -213,12 +213,12 @@ class _Histogram:
         self.bins, self.groups = bins, groups
         self.slots = torch.zeros(groups * (bins + 2), dtype=torch.int64, device=device)
 
-    def float32_exact(self, width: int) -> tuple[bool, bool, bool]:
+    def float32_exact(self, width: int) -> bool:
         """On the CPU: whether ``add_float32`` bins every value of ``[low, high]`` exactly (false
         for a NaN or infinite extreme: every scaled value and every offset below 2^23, where
-        float32 holds integers exactly), whether every width is at most 1 and whether every
-        width is at least 1 (``add_float32`` then skips a scaling). Keeps the float32 factors for
-        ``add_float32`` on rows of ``width`` numbers."""
+        float32 holds integers exactly). Keeps the float32 factors for ``add_float32`` on rows of
+        ``width`` numbers, and whether every width is at most 1 (``fine``) or at least 1
+        (``coarse``), where ``add_float32`` skips a scaling."""
         low, high, first, scale, offset = self.placement
         with numpy.errstate(all="ignore"):
             up = numpy.maximum(scale, 1.0)  # a: widths below 1 scale up here …
@@ -237,7 +237,7 @@ class _Histogram:
                                       lambda: (numpy.arange(width) % 2 * slots).astype(numpy.float32))
         self.spread_offset = torch.from_numpy(offset32[:, None] - odd).view(1, self.groups, width)
         self.fine, self.coarse = bool((down == 1.0).all()), bool((up == 1.0).all())
-        return exact, self.fine, self.coarse
+        return exact
 
     def add_float32(self, part: Tensor, workspace: Workspace) -> Tensor:
         """Count ``part`` (``[rows, groups, width]``, float32, ``float32_exact``); returns the
@@ -360,7 +360,7 @@ class GroupStats:
             if short:
                 hist = _Histogram(finite_low, finite_high, self.bins, device, may_be_empty=False,
                                   workspace=workspace)
-                fast = hist.float32_exact(width)[0]
+                fast = hist.float32_exact(width)
                 # a constant group (a zero-ablated head) pins its width too fine for float32 indices;
                 # finite extremes still let the float64 pass skip the finite-extremes scan
                 clean = not fast and bool(torch.isfinite(finite_low + finite_high).all())
